@@ -1,0 +1,1 @@
+"""Benchmarks runnable by users through ``n2i-stream bench``."""

@@ -1,0 +1,1 @@
+"""Learning code (torch): networks, Noise2Inverse training and inference."""

@@ -1,0 +1,1 @@
+"""The live service: owns sockets, workers, lifecycle and the scan state machine."""
