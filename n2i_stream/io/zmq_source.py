@@ -1,0 +1,278 @@
+"""Frames from a ZMQ socket: a receive thread that validates and copies into preallocated buffers.
+
+The thread owns the data socket (PULL or SUB, bound or connected). For each multipart message it
+parses and validates the header (:func:`~n2i_stream.wire.parse_frame_header`), takes a free buffer
+from its :class:`~n2i_stream.io.memory_source.FrameQueue` and receives the payload straight into
+it (``recv_into``: one copy out of ZMQ's message, no allocation), then queues the frame. It never
+waits on the consumer except by the configured overload policy: ``block`` (back-pressure; on
+PUB/SUB, ZMQ's RCVHWM then drops silently, upstream of us) or ``drop_oldest`` (counted).
+Bad messages (malformed header, wrong size, missing or extra parts, larger than the buffers) are
+counted per reason, logged and skipped; the thread keeps running.
+
+A second, in-process socket wakes the thread's poll on :meth:`ZmqFrameSource.stop`, so stopping
+is immediate and needs no polling timeout. The thread closes its sockets before it ends; the
+context is terminated on :meth:`~ZmqFrameSource.close` only if the source created it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import zmq
+
+from ..errors import ConfigError, ServiceError
+from ..wire import Frame, FrameFormatError, OverloadPolicy, SourceCounters, parse_frame_header
+from .memory_source import FrameQueue
+
+__all__ = ["ZmqFrameSource", "ZmqSourceConfig"]
+
+log = logging.getLogger(__name__)
+
+_wake_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class ZmqSourceConfig:
+    """Where and how the frame socket receives (from plain data: ``config.from_mapping``)."""
+
+    endpoint: str  # "tcp://host:port"; with bind, "tcp://127.0.0.1:*" picks a free port
+    socket_type: Literal["pull", "sub"] = "pull"  # PUSH producers → pull; PUB producers → sub
+    bind: bool = False  # bind (we are the fixed end) or connect to the detector
+    rcvhwm: int = 1000  # messages ZMQ itself queues before back-pressure (PULL) or drops (SUB)
+    buffers: int = 16  # preallocated frame buffers: bounds our queue and its memory
+    buffer_bytes: int = 2048 * 2048 * 2  # bytes per buffer: the largest frame accepted
+    overload: OverloadPolicy = "block"  # when all buffers are taken: "block" or "drop_oldest"
+    angle_attribute: str | None = None  # ADZMQ ndattr entry carrying the angle (degrees), if any
+    batch: int = 64  # messages taken per wake-up before checking for stop again
+
+    def __post_init__(self) -> None:
+        problems = []
+        if "://" not in self.endpoint:
+            problems.append(f"endpoint: expected 'transport://address', got {self.endpoint!r}")
+        if "*" in self.endpoint and not self.bind:
+            problems.append(f"endpoint {self.endpoint!r} has a wildcard: only valid with bind=true")
+        if self.socket_type not in ("pull", "sub"):
+            problems.append(f"socket_type: expected 'pull' or 'sub', got {self.socket_type!r}")
+        if self.overload not in ("block", "drop_oldest"):
+            problems.append(f"overload: expected 'block' or 'drop_oldest', got {self.overload!r}")
+        for name in ("buffers", "buffer_bytes", "batch"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.rcvhwm < 0:
+            problems.append(f"rcvhwm: expected >= 0 (0 = unlimited), got {self.rcvhwm}")
+        if problems:
+            raise ConfigError("ZmqSourceConfig: " + "; ".join(problems))
+
+
+class ZmqFrameSource:
+    """A :class:`~n2i_stream.wire.FrameSource` receiving frames from one ZMQ socket.
+
+    ``context``: share the service's ZMQ context (not terminated here), or None to own one.
+    Use as a context manager, or call :meth:`start` and finally :meth:`close`.
+    """
+
+    def __init__(self, config: ZmqSourceConfig, *, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self._own_context = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._queue = FrameQueue(
+            buffers=config.buffers,
+            buffer_bytes=config.buffer_bytes,
+            overload=config.overload,
+            name=f"zmq-source {config.endpoint}",
+        )
+        self._wake_addr = f"inproc://n2i-source-wake-{next(_wake_ids)}"
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._endpoint: str | None = None
+        self._start_error: BaseException | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+
+    @property
+    def endpoint(self) -> str:
+        """The socket's actual endpoint (the chosen port for a wildcard bind); after start()."""
+        if self._endpoint is None:
+            raise ServiceError("the source has no endpoint before start()")
+        return self._endpoint
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the receive thread, if one did (the service should check)."""
+        return self._error
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Open the socket on the receive thread; raise ServiceError if it cannot bind/connect."""
+        if self._thread is not None or self._closed:
+            raise ServiceError("start(): the source was already started (sources run once)")
+        self._thread = threading.Thread(target=self._run, name="n2i-zmq-source", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ServiceError(
+                f"the receive thread did not open {self.config.endpoint} in {timeout} s"
+            )
+        if self._start_error is not None:
+            self._thread.join()
+            verb = "bind" if self.config.bind else "connect"
+            raise ServiceError(
+                f"cannot {verb} {self.config.socket_type} socket to {self.config.endpoint}: "
+                f"{self._start_error}"
+            ) from self._start_error
+
+    def recv(self, timeout: float | None = None) -> Frame | None:
+        return self._queue.get(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop receiving and join the thread; frames already queued stay receivable."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        self._queue.stop_producer()  # in case the thread waits for a buffer
+        wake = self._ctx.socket(zmq.PAIR)
+        wake.linger = 0
+        try:
+            wake.connect(self._wake_addr)
+            wake.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the thread already closed its end: it is on its way out
+        finally:
+            wake.close()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise ServiceError(f"the receive thread did not stop within {timeout} s")
+
+    def close(self) -> None:
+        """Stop, drop queued frames, and terminate the context if this source created it."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        self._queue.close()
+        if self._own_context:
+            self._ctx.term()
+
+    def counters(self) -> SourceCounters:
+        return self._queue.counters()
+
+    def __enter__(self) -> ZmqFrameSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the receive thread ----------------------------------------------------------------------
+
+    def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
+        cfg = self.config
+        sock = self._ctx.socket(zmq.PULL if cfg.socket_type == "pull" else zmq.SUB)
+        wake = self._ctx.socket(zmq.PAIR)
+        try:
+            sock.linger = 0
+            wake.linger = 0
+            sock.rcvhwm = cfg.rcvhwm
+            if cfg.socket_type == "sub":
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            wake.bind(self._wake_addr)
+            if cfg.bind:
+                sock.bind(cfg.endpoint)
+            else:
+                sock.connect(cfg.endpoint)
+            self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException:
+            sock.close()
+            wake.close()
+            raise
+        return sock, wake
+
+    def _run(self) -> None:
+        try:
+            sock, wake = self._open()
+        except zmq.ZMQError as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(wake, zmq.POLLIN)
+            batch = self.config.batch
+            while True:
+                events = dict(poller.poll())
+                if wake in events:
+                    break
+                for _ in range(batch):
+                    if not self._receive_one(sock):
+                        break
+        except Exception as exc:  # a bug or a dead context: record it and end visibly
+            self._error = exc
+            log.exception("the frame receive thread failed")
+        finally:
+            sock.close()
+            wake.close()
+
+    def _receive_one(self, sock: zmq.Socket) -> bool:
+        """Take one message if one is waiting; False when none is."""
+        try:
+            head = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        q = self._queue
+        if not sock.rcvmore:
+            q.reject("missing_payload", f"expected [header, payload], got one part {head[:60]!r}")
+            return True
+        try:
+            header = parse_frame_header(head, angle_attribute=self.config.angle_attribute)
+        except FrameFormatError as exc:
+            _discard_rest(sock)
+            q.reject(exc.reason, str(exc))
+            return True
+        if header.nbytes > q.buffer_bytes:
+            _discard_rest(sock)
+            q.reject(
+                "too_large",
+                f"frame {header.frame_id}: {header.nbytes} B, buffers hold {q.buffer_bytes} B "
+                "(set buffer_bytes for this scan's frames)",
+            )
+            return True
+        slot = q.reserve()
+        if slot is None:  # stop() while we waited for a buffer
+            _discard_rest(sock)
+            q.discarded_at_stop()
+            return False
+        n = sock.recv_into(q.buffer(slot))
+        extra = sock.rcvmore
+        if n != header.nbytes or extra:
+            q.cancel(slot)
+            _discard_rest(sock)
+            if n != header.nbytes:
+                rows, cols = header.shape
+                q.reject(
+                    "size_mismatch",
+                    f"frame {header.frame_id}: expected {header.nbytes} payload bytes "
+                    f"({rows}×{cols} {header.dtype.name}), got {n}",
+                )
+            else:
+                q.reject("extra_parts", f"frame {header.frame_id}: expected 2 parts, got more")
+            return True
+        q.commit(slot, header, time.monotonic())
+        return True
+
+
+_EMPTY = bytearray()
+
+
+def _discard_rest(sock: zmq.Socket) -> None:
+    # Receiving into an empty buffer drops the part without copying it.
+    while sock.rcvmore:
+        sock.recv_into(_EMPTY)
