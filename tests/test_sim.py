@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from n2i_stream import ConfigError, ParallelGeometry, fbp
+from n2i_stream import ConfigError, DataFileError, FrameError, ParallelGeometry, fbp
 from n2i_stream.config import from_mapping
 from n2i_stream.io.dxchange_writer import DataExchangeWriter
 from n2i_stream.sim.phantom import FoamPhantom, make_foam
@@ -217,6 +217,32 @@ def test_written_file_round_trips(tmp_path):
         np.testing.assert_array_equal(f["/exchange/frame_id"][()], np.arange(5, 69))
         assert list(f["/process/simulation"].attrs["pore_radius"]) == list(cfg.pore_radius)
         assert f.attrs["software_version"]
+        assert "incomplete" not in f.attrs
+
+
+def test_writer_rejects_bad_frames_and_marks_interrupted_files(tmp_path):
+    with pytest.raises(DataFileError, match="cannot create"):
+        DataExchangeWriter(tmp_path / "missing" / "x.h5", rows=2, cols=8)
+    path = tmp_path / "cut.h5"
+    frame = np.zeros((2, 8), np.uint16)
+
+    def write_until_a_bad_frame() -> None:
+        with DataExchangeWriter(path, rows=2, cols=8) as w:
+            w.write("flat", frame)
+            w.write("projection", frame, angle=0.0)
+            w.write("projection", np.zeros((2, 9), np.uint16), angle=0.1)
+
+    with pytest.raises(FrameError, match="shape"):
+        write_until_a_bad_frame()
+    with h5py.File(path, "r") as f:
+        assert "FrameError" in f.attrs["incomplete"]
+        assert f["/exchange/data"].shape == (1, 2, 8)
+        assert f["/exchange/theta"].shape == (1,)
+    with DataExchangeWriter(tmp_path / "k.h5", rows=2, cols=8) as w:
+        with pytest.raises(FrameError, match="unknown frame kind"):
+            w.write("bright", frame)
+        with pytest.raises(FrameError, match="needs"):
+            w.write("projection", frame)
 
 
 def test_config_rejects_bad_values_all_at_once():

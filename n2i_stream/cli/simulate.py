@@ -1,4 +1,12 @@
-"""``n2i-stream simulate``: a simulated dynamic scan into a Data Exchange file (and its truth)."""
+"""``n2i-stream simulate``: a simulated dynamic scan into a Data Exchange file (and its truth).
+
+The scan file follows :mod:`n2i_stream.io.dxchange_writer` (``frames_per_step`` set, the
+simulation parameters under ``/process/simulation``). The truth file holds
+``/truth/attenuation`` ``(steps, rows, n, n)`` float32 (attenuation per pixel), ``/truth/theta``
+``(steps, per_step)`` (the exact angles, degrees), ``/truth/step_offset`` (nominal offset of each
+step modulo the increment, degrees) and ``/truth/bubble_radius`` (pixels, 0 before the dynamics),
+with the parameters and the material and water attenuation as attributes of ``/truth``.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             shape=(config.steps, config.rows, config.n, config.n),
             datasets={
                 "theta": scan.theta.reshape(config.steps, config.per_step),
-                "step_offsets": config.step_offsets(),
+                "step_offset": config.step_offsets(),
                 "bubble_radius": np.array(
                     [getattr(scan.phantom.bubble(s), "r", 0.0) for s in steps]
                 ),

@@ -6,7 +6,8 @@ with the attribute ``frames_per_step``; ``/exchange/data_dark``, ``/exchange/dat
 ``/exchange/frame_id_dark`` and ``/exchange/frame_id_white`` hold each frame's acquisition id;
 the attribute ``frame_index`` of the dark and flat datasets gives, per frame, the projection frame
 after which it was taken (-1: before the first), so readers can tell flats taken before the scan
-from flats taken after it. Parameters go to
+from flats taken after it. A file whose writing was interrupted carries the root attribute
+``incomplete``. Parameters go to
 ``/process/<name>`` as attributes; the root carries ``software`` and ``software_version``.
 """
 
@@ -156,6 +157,9 @@ class DataExchangeWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None and self._file.id.valid:
+            # A scan cut short must not pass for a complete one.
+            self._file.attrs["incomplete"] = f"writing stopped by {exc_type.__name__}"
         self.close()
 
 

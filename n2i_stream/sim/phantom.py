@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,41 +95,53 @@ class FoamPhantom:
             _add_sphere(out, sphere, mu, cos, sin, t, row_z, sub)
         return out
 
-    def attenuation(self, step: int, *, n: int, rows: int, supersample: int = 4) -> np.ndarray:
-        """Ground truth ``(rows, n, n)`` float64: attenuation averaged over each voxel.
+    def attenuation(
+        self, step: int, *, n: int, rows: int, supersample: int = 4, dtype: Any = np.float64
+    ) -> np.ndarray:
+        """Ground truth ``(rows, n, n)``: attenuation averaged over each voxel at time ``step``.
 
         Exact along z; ``supersample²`` positions per voxel in x and y.
         """
-        return self.static_attenuation(n=n, rows=rows, supersample=supersample) + (
-            self.bubble_attenuation(step, n=n, rows=rows, supersample=supersample)
-        )
+        vol = self.static_attenuation(n=n, rows=rows, supersample=supersample, dtype=dtype)
+        self.add_bubble(vol, step, supersample=supersample)
+        return vol
 
-    def static_attenuation(self, *, n: int, rows: int, supersample: int = 4) -> np.ndarray:
+    def static_attenuation(
+        self, *, n: int, rows: int, supersample: int = 4, dtype: Any = np.float64
+    ) -> np.ndarray:
         """The part of :meth:`attenuation` that never changes: material with empty pores."""
         s = max(1, int(supersample))
-        coord = _sub_coords(n, s)
-        inside = (coord[None, :] ** 2 + coord[:, None] ** 2) <= self.radius**2
-        disk = inside.reshape(n, s, n, s).mean(axis=(1, 3))
-        vol = np.repeat((self.mu_material * disk)[None], rows, axis=0)
+        centre = np.arange(n) - (n - 1) / 2
+        near, far = _pixel_distances(centre, centre)
+        disk = (far <= self.radius).astype(np.float64)
+        iy, ix = np.nonzero((near < self.radius) & (far > self.radius))
+        yy, xx = _sub_positions(centre[iy], centre[ix], s)
+        disk[iy, ix] = (yy * yy + xx * xx <= self.radius**2).mean(axis=1)
+        vol = np.empty((rows, n, n), dtype=dtype)
+        vol[...] = (self.mu_material * disk)[None]
         for pore in self.pores:
             _add_sphere_volume(vol, pore, -self.mu_material, s)
         return vol
 
-    def bubble_attenuation(
-        self, step: int, *, n: int, rows: int, supersample: int = 4
-    ) -> np.ndarray:
-        """The bubble's share of :meth:`attenuation` at ``step`` (zero before the dynamics)."""
-        vol = np.zeros((rows, n, n))
+    def add_bubble(self, vol: np.ndarray, step: int, *, supersample: int = 4) -> None:
+        """Add the bubble at time ``step`` (if any) to ``vol`` from :meth:`static_attenuation`."""
         bubble = self.bubble(step)
         if bubble is not None and bubble.r > 0:
             _add_sphere_volume(vol, bubble, self.mu_water, max(1, int(supersample)))
-        return vol
 
 
-def _sub_coords(n: int, s: int) -> np.ndarray:
-    """Centred coordinates of ``s`` sub-positions in each of ``n`` pixels, pixel-major."""
+def _pixel_distances(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest and farthest distance from the origin to unit pixels centred at ``(y, x)``."""
+    ay, ax = np.abs(y)[:, None], np.abs(x)[None, :]
+    near = np.hypot(np.maximum(ay - 0.5, 0.0), np.maximum(ax - 0.5, 0.0))
+    return near, np.hypot(ay + 0.5, ax + 0.5)
+
+
+def _sub_positions(y: np.ndarray, x: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``s × s`` sub-positions of the pixels centred at ``(y[i], x[i])``: two ``(i, s²)``."""
     sub = (np.arange(s) + 0.5) / s - 0.5
-    return (np.arange(n)[:, None] + sub[None, :]).ravel() - (n - 1) / 2
+    dy, dx = np.repeat(sub, s), np.tile(sub, s)
+    return y[:, None] + dy[None, :], x[:, None] + dx[None, :]
 
 
 def _add_sphere(
@@ -169,24 +182,37 @@ def _add_sphere(
 
 
 def _add_sphere_volume(vol: np.ndarray, sphere: Sphere, mu: float, s: int) -> None:
-    """Add ``mu`` × the fraction of each voxel inside the sphere (exact in z) to ``vol``."""
+    """Add ``mu`` × the fraction of each voxel inside the sphere to ``vol`` (rows, n, n).
+
+    Exact in z; averaged over ``s × s`` positions in x and y. Only voxels the sphere's surface
+    crosses are sub-sampled: the others lie wholly inside (1) or outside (0).
+    """
     rows, n, _ = vol.shape
     half = (n - 1) / 2
     lo = [max(0, math.floor(c - sphere.r + half)) for c in (sphere.y, sphere.x)]
     hi = [min(n, math.ceil(c + sphere.r + half) + 1) for c in (sphere.y, sphere.x)]
     if lo[0] >= hi[0] or lo[1] >= hi[1]:
         return
-    sub = (np.arange(s) + 0.5) / s - 0.5
-    y = ((np.arange(lo[0], hi[0])[:, None] + sub).ravel() - half - sphere.y)[:, None]
-    x = ((np.arange(lo[1], hi[1])[:, None] + sub).ravel() - half - sphere.x)[None, :]
-    h = np.sqrt(np.maximum(sphere.r**2 - x * x - y * y, 0.0))  # half-height at each sub-position
-    ny, nx = hi[0] - lo[0], hi[1] - lo[1]
-    for r in range(rows):
-        z0 = r - (rows - 1) / 2 - 0.5 - sphere.z
-        if z0 >= sphere.r or z0 + 1 <= -sphere.r:
+    y = np.arange(lo[0], hi[0]) - half - sphere.y
+    x = np.arange(lo[1], hi[1]) - half - sphere.x
+    near, far = _pixel_distances(y, x)
+    r2 = sphere.r**2
+    for row in range(rows):
+        z0 = row - (rows - 1) / 2 - 0.5 - sphere.z
+        z1 = z0 + 1.0
+        if z0 >= sphere.r or z1 <= -sphere.r:
             continue
-        overlap = np.clip(np.minimum(z0 + 1, h) - np.maximum(z0, -h), 0.0, None)
-        vol[r, lo[0] : hi[0], lo[1] : hi[1]] += mu * overlap.reshape(ny, s, nx, s).mean(axis=(1, 3))
+        z_far = max(abs(z0), abs(z1))
+        z_near = 0.0 if z0 < 0 < z1 else min(abs(z0), abs(z1))
+        # Columns of radius <= rho_full span the whole voxel height; beyond rho_any, none of it.
+        rho_full = math.sqrt(r2 - z_far**2) if z_far < sphere.r else -1.0
+        rho_any = math.sqrt(r2 - z_near**2)
+        frac = (far <= rho_full).astype(np.float64)
+        iy, ix = np.nonzero((far > rho_full) & (near < rho_any))
+        yy, xx = _sub_positions(y[iy], x[ix], s)
+        h = np.sqrt(np.maximum(r2 - yy * yy - xx * xx, 0.0))  # half-height of the sphere
+        frac[iy, ix] = np.clip(np.minimum(z1, h) - np.maximum(z0, -h), 0.0, None).mean(axis=1)
+        vol[row, lo[0] : hi[0], lo[1] : hi[1]] += mu * frac
 
 
 def _slab_volume(sphere: Sphere, z0: float, z1: float) -> float:
@@ -230,27 +256,43 @@ def make_foam(
     rmin = min(max(pore_radius[0] * n, 1.0), rmax)  # sub-pixel pores would be invisible
     band = rows / 2 + 2 * rmax
     target = porosity * math.pi * radius**2 * 2 * band
-    centres = np.empty((0, 3))
-    radii = np.empty(0)
     # The bubble's pore: largest, at mid-height, halfway between axis and surface.
     reach = max(radius - rmax - wall, 0.0)
     phi = rng.uniform(0, 2 * math.pi)
-    centres = np.array([[0.5 * reach * math.cos(phi), 0.5 * reach * math.sin(phi), 0.0]])
-    radii = np.array([rmax])
+    centres = np.zeros((max_tries + 1, 3))
+    radii = np.zeros(max_tries + 1)
+    centres[0] = (0.5 * reach * math.cos(phi), 0.5 * reach * math.sin(phi), 0.0)
+    radii[0] = rmax
+    count = 1
     air = _slab_volume(Sphere(0, 0, 0, rmax), -band, band)
-    for _ in range(max_tries):
+    # Candidates drawn up front: radius log-uniform, centre uniform in the cylinder and the band.
+    cand_r = np.exp(rng.uniform(math.log(rmin), math.log(rmax), max_tries))
+    reach = np.maximum(radius - cand_r - wall, 0.0) * np.sqrt(rng.uniform(size=max_tries))
+    ang = rng.uniform(0, 2 * math.pi, max_tries)
+    cand = np.stack(
+        [reach * np.cos(ang), reach * np.sin(ang), rng.uniform(-band, band, max_tries)], axis=1
+    )
+    # Random sequential addition, tested against the accepted pores a batch at a time.
+    batch = 64
+    for start in range(0, max_tries, batch):
         if air >= target:
             break
-        r = math.exp(rng.uniform(math.log(rmin), math.log(rmax)))
-        reach = radius - r - wall
-        if reach <= 0:
-            continue
-        rho, ang = reach * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
-        centre = np.array([rho * math.cos(ang), rho * math.sin(ang), rng.uniform(-band, band)])
-        if np.all(((centres - centre) ** 2).sum(axis=1) >= (radii + r + wall) ** 2):
-            centres = np.vstack([centres, centre])
-            radii = np.append(radii, r)
-            air += _slab_volume(Sphere(0, 0, centre[2], r), -band, band)
+        cb, rb = cand[start : start + batch], cand_r[start : start + batch]
+        d2 = ((cb[:, None, :] - centres[None, :count, :]) ** 2).sum(axis=2)
+        free = np.all(d2 >= (rb[:, None] + radii[None, :count] + wall) ** 2, axis=1)
+        first = count
+        for c, r in zip(cb[free], rb[free], strict=True):
+            new = slice(first, count)  # pores accepted earlier in this batch
+            if count > first and np.any(
+                ((centres[new] - c) ** 2).sum(axis=1) < (radii[new] + r + wall) ** 2
+            ):
+                continue
+            if r + wall >= radius or air >= target:
+                continue
+            centres[count], radii[count] = c, r
+            count += 1
+            air += _slab_volume(Sphere(0, 0, float(c[2]), float(r)), -band, band)
+    centres, radii = centres[:count], radii[:count]
     seen = np.abs(centres[:, 2]) < rows / 2 + radii
     pores = tuple(
         Sphere(float(x), float(y), float(z), float(r))

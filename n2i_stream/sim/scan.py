@@ -237,12 +237,11 @@ class DynamicScan:
         c = self.config
         if self._static is None:
             self._static = self.phantom.static_attenuation(
-                n=c.n, rows=c.rows, supersample=c.supersample
+                n=c.n, rows=c.rows, supersample=c.supersample, dtype=np.float32
             )
-        bubble = self.phantom.bubble_attenuation(
-            step, n=c.n, rows=c.rows, supersample=c.supersample
-        )
-        return (self._static + bubble).astype(np.float32)
+        vol = self._static.copy()
+        self.phantom.add_bubble(vol, step, supersample=c.supersample)
+        return vol
 
     def frames(self) -> Iterator[SimFrame]:
         """Every frame in acquisition order (projections computed a block of angles at a time)."""
