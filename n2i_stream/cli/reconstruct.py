@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..core.filters import FILTERS
 from ..core.preprocess import MIN_TRANSMISSION
@@ -169,13 +169,6 @@ class ScanSteps:
         return res.data, res.clipped
 
 
-def _fbp_backend() -> Any:
-    # Until the compiled kernel lands, "auto" would fail on NumPy input; fall back explicitly.
-    import importlib.util
-
-    return "auto" if importlib.util.find_spec("n2i_stream.core.backproject_numba") else "reference"
-
-
 def fbp_step(
     steps: ScanSteps, step: int, *, center_offset: float, window: str = "ramlak"
 ) -> tuple[np.ndarray, int]:
@@ -183,14 +176,7 @@ def fbp_step(
     from ..core.fbp import fbp
 
     projections, clipped = steps.projections(step)
-    volume = fbp(
-        projections,
-        steps.geometry(step, center_offset),
-        n=steps.n,
-        window=window,
-        backend=_fbp_backend(),
-    )
-    return volume, clipped
+    return fbp(projections, steps.geometry(step, center_offset), n=steps.n, window=window), clipped
 
 
 def resolve_center(steps: ScanSteps, config: ReconstructConfig) -> float:
