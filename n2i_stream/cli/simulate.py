@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             option,
             dest=field,
             type=kind,
+            metavar="N" if kind is int else "X",
             default=getattr(defaults, field),
             help=text + " (%(default)s)",
         )
