@@ -27,7 +27,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _positionals(argv: Sequence[str]) -> list[str]:
+    # Only flag options (-v, --help) may precede a command name, so the first non-option
+    # tokens name the command and, for grouped commands such as ``bench``, the subcommand.
+    return [a for a in argv if not a.startswith("-")]
+
+
+def _add_commands(
+    subparsers: argparse._SubParsersAction, table: dict[str, tuple[str, str]], tokens: list[str]
+) -> None:
+    """Add every command of ``table``; only the selected one imports its module for arguments.
+
+    A module exposing ``SUBCOMMANDS`` (same shape as :data:`COMMANDS`) is a group: its
+    subcommands are added the same way, one level down.
+    """
+    selected = tokens[0] if tokens else None
+    for name, (module_name, help_text) in table.items():
+        p = subparsers.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        if name != selected:
+            continue
+        module = importlib.import_module(module_name)
+        group = getattr(module, "SUBCOMMANDS", None)
+        if group is not None:
+            sub = p.add_subparsers(metavar="NAME", required=True)
+            _add_commands(sub, group, tokens[1:])
+        else:
+            p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+            module.add_arguments(p)
+
+
+def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = argparse.ArgumentParser(
@@ -37,19 +67,14 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module_name)
-        p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-        # Argument definitions are light; the module's heavy imports happen inside run().
-        importlib.import_module(module_name).add_arguments(p)
+    _add_commands(sub, COMMANDS, _positionals(argv))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG
         if args.verbose > 1
