@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -55,11 +56,13 @@ def sockets(ctx) -> Iterator[Callable[[int], zmq.Socket]]:
         s.close()
 
 
-@pytest.fixture
-def sources(ctx) -> Iterator[Callable[..., ZmqFrameSource]]:
+@pytest.fixture(params=["zero_copy", "pool"])
+def sources(ctx, request) -> Iterator[Callable[..., ZmqFrameSource]]:
+    """Started sources (each test runs with both payload modes), closed and checked at the end."""
     made: list[ZmqFrameSource] = []
 
     def make(**fields) -> ZmqFrameSource:
+        fields.setdefault("payload", request.param)
         fields.setdefault("buffer_bytes", 4096)
         fields.setdefault("buffers", 8)
         src = ZmqFrameSource(ZmqSourceConfig(**fields), context=ctx)
@@ -314,3 +317,26 @@ def test_memory_source_close_wakes_a_waiting_consumer():
     assert results == [None]
     with pytest.raises(ServiceError):
         src.push(_frame(0), frame_id=0, kind="dark")
+
+
+def test_ingest_benchmark_smoke(capsys):
+    from n2i_stream.bench import ingest
+
+    parser = argparse.ArgumentParser()
+    ingest.add_arguments(parser)
+    assert (
+        ingest.run(
+            parser.parse_args(["--frames", "16", "--sizes", "32", "--repeat", "1", "--json"])
+        )
+        == 0
+    )
+    results = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in results] == list(ingest.MODES)
+    for r in results:
+        assert (r["rows"], r["cols"], r["frames"]) == (32, 32, 16)
+        assert r["frames_per_s"] > 0
+        assert r["gb_per_s"] == pytest.approx(
+            r["frames_per_s"] * 32 * 32 * 2 / 1e9, rel=1e-2, abs=1e-3
+        )
+    assert results[0]["vs_bare"] == 1.0
+    assert "vs bare" in ingest.format_table(results)

@@ -1,17 +1,19 @@
-"""Frames in memory: the bounded buffer pool every source uses, and a source fed by function calls.
+"""Frames in memory: the bounded hand-off every source uses, and a source fed by function calls.
 
 :class:`FrameQueue` is the hand-off between a producer (the ZMQ receive thread, or a test) and the
-consumer (the assembly thread). It owns ``buffers`` preallocated byte buffers of
-``buffer_bytes`` each, allocated and touched once so the hot path allocates nothing. The producer
-reserves a free buffer, writes a payload into it and commits it with its header; the consumer gets
-:class:`~n2i_stream.wire.Frame` objects in arrival order and releases each one, which returns its
-buffer to the pool. The pool bounds memory and the queue length. When every buffer is taken the
-overload policy decides: ``block`` waits for the consumer, ``drop_oldest`` drops the oldest frame
-still queued (counted in ``dropped_overload``).
+consumer (the assembly thread). It holds ``slots`` frames at most, queued or in the consumer's
+hands: the producer reserves a slot, fills it and commits it with its header; the consumer gets
+:class:`~n2i_stream.wire.Frame` objects in arrival order and releases each one, which frees its
+slot. Slots bound the queue length and the memory. A slot's pixels live either in a buffer of a
+pool allocated (and touched) once, ``buffer_bytes`` each, so the hot path allocates nothing, or in
+memory the producer hands over with the commit (``preallocate=False``: the ZMQ source passes the
+message ZMQ received, avoiding a copy). When every slot is taken the overload policy decides:
+``block`` waits for the consumer, ``drop_oldest`` drops the oldest frame still queued (counted in
+``dropped_overload``).
 
 :class:`MemoryFrameSource` is a :class:`~n2i_stream.wire.FrameSource` fed by
 :meth:`~MemoryFrameSource.push_message` (raw ``[header, payload]`` parts, validated exactly as on
-the wire, bad ones counted): the in-memory twin of
+the wire, bad ones counted, payloads copied into the pool): the in-memory twin of
 :class:`~n2i_stream.io.zmq_source.ZmqFrameSource` for tests and the demo.
 """
 
@@ -42,6 +44,8 @@ from ..wire import (
 
 __all__ = ["FrameQueue", "MemoryFrameSource"]
 
+_Item = tuple[int, FrameHeader, float, Any]  # slot, header, received_at, payload or None
+
 log = logging.getLogger(__name__)
 
 # Bad messages are logged one by one up to this many per reason, then every LOG_EVERY-th, so a
@@ -51,25 +55,27 @@ LOG_EVERY = 1000
 
 
 class FrameQueue:
-    """A bounded FIFO of frames held in a fixed pool of preallocated buffers.
+    """A bounded FIFO of at most ``slots`` frames, in preallocated buffers or handed-over memory.
 
-    One producer thread calls :meth:`reserve`, :meth:`buffer`, then :meth:`commit` or
-    :meth:`cancel`, and :meth:`reject` for bad messages; any consumer thread calls :meth:`get`
-    and releases the frames it gets.
+    One producer thread calls :meth:`reserve`, fills the slot (:meth:`buffer`) or not, then
+    :meth:`commit` or :meth:`cancel`, and :meth:`reject` for bad messages; any consumer thread
+    calls :meth:`get` and releases the frames it gets. ``buffer_bytes`` is the largest payload
+    accepted (and each pool buffer's size when ``preallocate``).
     """
 
     def __init__(
         self,
         *,
-        buffers: int,
+        slots: int,
         buffer_bytes: int,
         overload: OverloadPolicy = "block",
+        preallocate: bool = True,
         name: str = "frames",
     ) -> None:
-        if buffers < 1 or buffer_bytes < 1:
+        if slots < 1 or buffer_bytes < 1:
             raise ConfigError(
-                f"{name}: expected buffers >= 1 and buffer_bytes >= 1, "
-                f"got buffers={buffers} buffer_bytes={buffer_bytes}"
+                f"{name}: expected slots >= 1 and buffer_bytes >= 1, "
+                f"got slots={slots} buffer_bytes={buffer_bytes}"
             )
         if overload not in ("block", "drop_oldest"):
             raise ConfigError(
@@ -78,14 +84,15 @@ class FrameQueue:
         self.name = name
         self.overload = overload
         self.buffer_bytes = buffer_bytes
-        self._pool = [np.empty(buffer_bytes, dtype=np.uint8) for _ in range(buffers)]
+        self.slots = slots
+        self._pool = [np.empty(buffer_bytes, np.uint8) for _ in range(slots if preallocate else 0)]
         for b in self._pool:
             b.fill(0)  # touch every page now, not on the first frames of a scan
         self._views = [memoryview(b) for b in self._pool]
         # SimpleQueue: C-level, no per-call lock objects; the hand-off costs microseconds.
         self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._ready: queue.SimpleQueue[tuple[int, FrameHeader, float] | None] = queue.SimpleQueue()
-        for i in range(buffers):
+        self._ready: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        for i in range(slots):
             self._free.put(i)
         self._lock = threading.Lock()
         self._received = 0
@@ -101,7 +108,7 @@ class FrameQueue:
     # -- producer side ---------------------------------------------------------------------------
 
     def reserve(self, timeout: float | None = None) -> int | None:
-        """A free buffer's index, applying the overload policy; None once the producer is stopped.
+        """A free slot, applying the overload policy; None once the producer is stopped.
 
         Under ``block`` waits up to ``timeout`` seconds (None: until a buffer is free or
         :meth:`stop_producer`), then raises ServiceError.
@@ -133,7 +140,7 @@ class FrameQueue:
         except queue.Empty:
             raise ServiceError(
                 f"{self.name}: no free buffer after {timeout} s; the consumer holds or has not "
-                f"taken all {len(self._pool)} frames (release frames after use)"
+                f"taken all {self.slots} frames (release frames after use)"
             ) from None
         finally:
             self._waiting = False
@@ -141,15 +148,17 @@ class FrameQueue:
                 self._blocked += time.monotonic() - t0
 
     def buffer(self, slot: int) -> memoryview:
-        """The writable bytes of buffer ``slot`` (``buffer_bytes`` long)."""
+        """The writable bytes of pool buffer ``slot`` (``buffer_bytes`` long; pool mode only)."""
         return self._views[slot]
 
-    def commit(self, slot: int, header: FrameHeader, received_at: float) -> None:
-        """Queue the frame whose payload was written into ``slot``."""
+    def commit(
+        self, slot: int, header: FrameHeader, received_at: float, payload: Any = None
+    ) -> None:
+        """Queue the frame in ``slot``: in its pool buffer, or in ``payload`` (any buffer)."""
         with self._lock:
             self._received += 1
             self._bytes += header.nbytes
-        self._ready.put((slot, header, received_at))
+        self._ready.put((slot, header, received_at, payload))
 
     def cancel(self, slot: int) -> None:
         """Return a reserved buffer unused (its message turned out bad)."""
@@ -187,8 +196,11 @@ class FrameQueue:
         if item is None:  # close() woke us
             self._ready.put(None)  # and every other waiting consumer
             return None
-        slot, header, received_at = item
-        data = self._pool[slot][: header.nbytes].view(header.dtype).reshape(header.shape)
+        slot, header, received_at, payload = item
+        if payload is None:
+            data = self._pool[slot][: header.nbytes].view(header.dtype).reshape(header.shape)
+        else:
+            data = np.frombuffer(payload, dtype=header.dtype).reshape(header.shape)
         return Frame(header, data, received_at, functools.partial(self._free.put, slot))
 
     def close(self) -> None:
@@ -232,7 +244,7 @@ class MemoryFrameSource:
         name: str = "memory-source",
     ) -> None:
         self._queue = FrameQueue(
-            buffers=buffers, buffer_bytes=buffer_bytes, overload=overload, name=name
+            slots=buffers, buffer_bytes=buffer_bytes, overload=overload, name=name
         )
         self._angle_attribute = angle_attribute
         self._started = False

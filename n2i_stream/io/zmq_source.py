@@ -1,11 +1,15 @@
 """Frames from a ZMQ socket: a receive thread that validates and copies into preallocated buffers.
 
 The thread owns the data socket (PULL or SUB, bound or connected). For each multipart message it
-parses and validates the header (:func:`~n2i_stream.wire.parse_frame_header`), takes a free buffer
-from its :class:`~n2i_stream.io.memory_source.FrameQueue` and receives the payload straight into
-it (``recv_into``: one copy out of ZMQ's message, no allocation), then queues the frame. It never
-waits on the consumer except by the configured overload policy: ``block`` (back-pressure; on
-PUB/SUB, ZMQ's RCVHWM then drops silently, upstream of us) or ``drop_oldest`` (counted).
+parses and validates the header (:func:`~n2i_stream.wire.parse_frame_header`), takes a free slot
+of its :class:`~n2i_stream.io.memory_source.FrameQueue` and receives the payload, then queues the
+frame. ``payload="zero_copy"`` (the default) keeps the message ZMQ received as the frame's memory:
+no copy at all, and the consumer's one copy (assembly into its preallocated time-step buffers) is
+the only one. ``payload="pool"`` receives straight into one of ``buffers`` preallocated buffers
+(``recv_into``: one copy out of ZMQ's message, no allocation), for consumers that keep frames.
+Either way at most ``buffers`` frames exist (queued or held). The thread never waits on the
+consumer except by the overload policy: ``block`` (back-pressure; on PUB/SUB, ZMQ's RCVHWM then
+drops silently, upstream of us) or ``drop_oldest`` (counted).
 Bad messages (malformed header, wrong size, missing or extra parts, larger than the buffers) are
 counted per reason, logged and skipped; the thread keeps running.
 
@@ -44,8 +48,9 @@ class ZmqSourceConfig:
     socket_type: Literal["pull", "sub"] = "pull"  # PUSH producers → pull; PUB producers → sub
     bind: bool = False  # bind (we are the fixed end) or connect to the detector
     rcvhwm: int = 1000  # messages ZMQ itself queues before back-pressure (PULL) or drops (SUB)
-    buffers: int = 16  # preallocated frame buffers: bounds our queue and its memory
-    buffer_bytes: int = 2048 * 2048 * 2  # bytes per buffer: the largest frame accepted
+    buffers: int = 16  # frames queued or held at most: bounds our queue and its memory
+    buffer_bytes: int = 2048 * 2048 * 2  # the largest payload accepted (pool: bytes per buffer)
+    payload: Literal["zero_copy", "pool"] = "zero_copy"  # keep ZMQ's message, or copy to a pool
     overload: OverloadPolicy = "block"  # when all buffers are taken: "block" or "drop_oldest"
     angle_attribute: str | None = None  # ADZMQ ndattr entry carrying the angle (degrees), if any
     batch: int = 64  # messages taken per wake-up before checking for stop again
@@ -58,6 +63,8 @@ class ZmqSourceConfig:
             problems.append(f"endpoint {self.endpoint!r} has a wildcard: only valid with bind=true")
         if self.socket_type not in ("pull", "sub"):
             problems.append(f"socket_type: expected 'pull' or 'sub', got {self.socket_type!r}")
+        if self.payload not in ("zero_copy", "pool"):
+            problems.append(f"payload: expected 'zero_copy' or 'pool', got {self.payload!r}")
         if self.overload not in ("block", "drop_oldest"):
             problems.append(f"overload: expected 'block' or 'drop_oldest', got {self.overload!r}")
         for name in ("buffers", "buffer_bytes", "batch"):
@@ -80,10 +87,12 @@ class ZmqFrameSource:
         self.config = config
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
+        self._zero_copy = config.payload == "zero_copy"
         self._queue = FrameQueue(
-            buffers=config.buffers,
+            slots=config.buffers,
             buffer_bytes=config.buffer_bytes,
             overload=config.overload,
+            preallocate=not self._zero_copy,
             name=f"zmq-source {config.endpoint}",
         )
         self._wake_addr = f"inproc://n2i-source-wake-{next(_wake_ids)}"
@@ -93,6 +102,7 @@ class ZmqFrameSource:
         self._start_error: BaseException | None = None
         self._error: BaseException | None = None
         self._closed = False
+        self._stopping = False
 
     @property
     def endpoint(self) -> str:
@@ -136,6 +146,7 @@ class ZmqFrameSource:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return
+        self._stopping = True  # take no new message from here on
         self._queue.stop_producer()  # in case the thread waits for a buffer
         wake = self._ctx.socket(zmq.PAIR)
         wake.linger = 0
@@ -207,12 +218,12 @@ class ZmqFrameSource:
             poller.register(sock, zmq.POLLIN)
             poller.register(wake, zmq.POLLIN)
             batch = self.config.batch
-            while True:
+            while not self._stopping:
                 events = dict(poller.poll())
                 if wake in events:
                     break
                 for _ in range(batch):
-                    if not self._receive_one(sock):
+                    if self._stopping or not self._receive_one(sock):
                         break
         except Exception as exc:  # a bug or a dead context: record it and end visibly
             self._error = exc
@@ -250,7 +261,12 @@ class ZmqFrameSource:
             _discard_rest(sock)
             q.discarded_at_stop()
             return False
-        n = sock.recv_into(q.buffer(slot))
+        if self._zero_copy:
+            payload = sock.recv(copy=False).buffer
+            n = payload.nbytes
+        else:
+            payload = None
+            n = sock.recv_into(q.buffer(slot))
         extra = sock.rcvmore
         if n != header.nbytes or extra:
             q.cancel(slot)
@@ -265,7 +281,7 @@ class ZmqFrameSource:
             else:
                 q.reject("extra_parts", f"frame {header.frame_id}: expected 2 parts, got more")
             return True
-        q.commit(slot, header, time.monotonic())
+        q.commit(slot, header, time.monotonic(), payload)
         return True
 
 

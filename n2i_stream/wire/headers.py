@@ -27,8 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -93,13 +92,12 @@ class FrameFormatError(FrameError):
         super().__init__(message)
 
 
-@dataclass(frozen=True, slots=True)
-class FrameHeader:
-    """What a validated frame header says about its payload.
+class FrameHeader(NamedTuple):
+    """What a validated frame header says about its payload (immutable).
 
     ``kind`` is None when the dialect cannot say (``array-1.0``); ``dtype`` carries the byte
     order the header declared; ``angle`` is degrees or None; ``timestamp`` is the producer's
-    (seconds) or None.
+    (seconds) or None. A named tuple, because one is built per frame at frame rate.
     """
 
     frame_id: int
