@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -320,23 +319,17 @@ def test_memory_source_close_wakes_a_waiting_consumer():
 
 
 def test_ingest_benchmark_smoke(capsys):
-    from n2i_stream.bench import ingest
+    from n2i_stream.bench.ingest import MODES, format_table
+    from n2i_stream.cli import main
 
-    parser = argparse.ArgumentParser()
-    ingest.add_arguments(parser)
-    assert (
-        ingest.run(
-            parser.parse_args(["--frames", "16", "--sizes", "32", "--repeat", "1", "--json"])
-        )
-        == 0
-    )
+    argv = ["bench", "ingest", "--frames", "16", "--sizes", "32", "--repeat", "1", "--json"]
+    assert main(argv) == 0
     results = json.loads(capsys.readouterr().out)
-    assert [r["mode"] for r in results] == list(ingest.MODES)
+    assert [r["mode"] for r in results] == list(MODES)
     for r in results:
         assert (r["rows"], r["cols"], r["frames"]) == (32, 32, 16)
         assert r["frames_per_s"] > 0
-        assert r["gb_per_s"] == pytest.approx(
-            r["frames_per_s"] * 32 * 32 * 2 / 1e9, rel=1e-2, abs=1e-3
-        )
+        expected_gbs = r["frames_per_s"] * 32 * 32 * 2 / 1e9
+        assert r["gb_per_s"] == pytest.approx(expected_gbs, rel=1e-2, abs=1e-3)
     assert results[0]["vs_bare"] == 1.0
-    assert "vs bare" in ingest.format_table(results)
+    assert "vs bare" in format_table(results)

@@ -10,4 +10,5 @@ HELP = "benchmarks: fbp, quality, ingest, latency, scale"
 #: benchmark -> (module, one-line help); the CLI imports only the one that runs.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fbp": ("n2i_stream.bench.fbp", "FBP speed (GUPS) and accuracy against peers"),
+    "ingest": ("n2i_stream.bench.ingest", "ZMQ ingest frames/s and GB/s against bare pyzmq"),
 }
