@@ -194,6 +194,7 @@ def test_a_frame_holds_its_buffer_until_released(sources, sockets):
     assert src.recv(timeout=0.05) is None  # the only buffer is still ours
     first.release()
     first.release()  # idempotent
+    assert first.data.size == 0  # a stale read cannot see the next frame's pixels
     second = src.recv(timeout=10)
     assert second is not None
     assert second.header.frame_id == 1

@@ -33,11 +33,16 @@ __all__ = ["Frame", "FrameSource", "OverloadPolicy", "SourceCounters"]
 OverloadPolicy = Literal["block", "drop_oldest"]
 
 
+_RELEASED = np.empty((0, 0), dtype=np.uint8)
+_RELEASED.flags.writeable = False
+
+
 class Frame:
     """One validated frame: its header, its pixels and when it arrived.
 
-    ``data`` is a ``(rows, cols)`` view into a buffer the source owns; it stays valid until
-    :meth:`release`. ``received_at`` is ``time.monotonic()`` when the payload had arrived.
+    ``data`` is a ``(rows, cols)`` view into memory the source owns; it stays valid until
+    :meth:`release`, which swaps it for an empty array so a stale read fails loudly and the
+    memory can be reused. ``received_at`` is ``time.monotonic()`` when the payload had arrived.
     """
 
     __slots__ = ("_release", "data", "header", "received_at")
@@ -57,6 +62,7 @@ class Frame:
     def release(self) -> None:
         """Hand the buffer back to the source; ``data`` must not be used afterwards. Idempotent."""
         release, self._release = self._release, None
+        self.data = _RELEASED
         if release is not None:
             release()
 
