@@ -356,3 +356,30 @@ def test_header_angles_win_when_preferred():
         asm = Assembler(config(prefer_header_angle=prefer))
         steps = run(asm, [frame(i, angle=33.0 if i == ids[0] else None) for i in ids])
         assert steps[0].angles[0] == expected
+
+
+@pytest.mark.parametrize("fmt", ["n2i", "array-1.0", "gigafrost"])
+def test_every_dialect_assembles_the_same_through_a_source(fmt):
+    from n2i_stream.io.memory_source import MemoryFrameSource
+
+    asm = Assembler(config())
+    refs = [
+        (f.header.frame_id, f.data, "dark" if f.header.frame_id < 4 else "flat")
+        for f in references()
+    ]
+    sent = refs + [(i, pixels(i), "projection") for i in projection_ids()]
+    steps = []
+    with MemoryFrameSource(buffers=4, buffer_bytes=ROWS * COLS * 2) as source:
+        for fid, data, kind in sent:
+            assert source.push(data, frame_id=fid, kind=kind, fmt=fmt)
+            received = source.recv(timeout=0)
+            assert received is not None
+            with received:
+                steps.extend(asm.add(received))
+    steps.extend(asm.flush())
+    assert [s.index for s in steps] == list(range(STEPS))
+    for s in steps:
+        first = FIRST_PROJECTION + s.index * FPS
+        check_step_data(s, list(range(first, first + FPS)))
+        np.testing.assert_array_equal(s.flats[0], FLAT)
+    assert asm.counters().bad == asm.counters().outside_range == 0

@@ -99,7 +99,7 @@ def measure(
         for size in sizes:
             nbytes = size * size * 2
             n = frames or max(200, int(2.5e9 / nbytes))
-            fps = max(1, min(50, n // 8))  # frames per time step for the assembly mode
+            fps = max(1, min(50, n // 8, int(128e6 // nbytes)))  # per time step, for assembly
             n = max(fps, n - n % fps)
             best = dict.fromkeys(MODES, 0.0)
             cpu = {mode: math.inf for mode in MODES}
