@@ -213,7 +213,29 @@ def test_stop_while_blocked_is_prompt_and_keeps_queued_frames(sources, sockets):
     assert src.counters().discarded_at_stop == 1  # the third frame, waiting for a buffer
     kept = [src.recv(timeout=0), src.recv(timeout=0)]
     assert [f.header.frame_id for f in kept if f is not None] == [0, 1]
-    assert src.recv(timeout=0) is None
+    assert src.recv(timeout=None) is None  # stopped and drained: no wait
+
+
+def test_a_failed_receive_thread_is_reported_not_waited_on(sources, sockets, monkeypatch):
+    import n2i_stream.io.zmq_source as zmq_source
+
+    def broken(raw, **kwargs):
+        raise RuntimeError("parser bug")
+
+    src = sources(endpoint="tcp://127.0.0.1:*", bind=True)
+    push = sockets(zmq.PUSH)
+    push.connect(src.endpoint)
+    push.send_multipart(frame_message("n2i", 0, _frame(0), kind="dark"))
+    first = src.recv(timeout=10)
+    assert first is not None
+    first.release()
+    monkeypatch.setattr(zmq_source, "parse_frame_header", broken)
+    push.send_multipart(frame_message("n2i", 1, _frame(1), kind="dark"))
+    with pytest.raises(ServiceError, match="receive thread failed") as info:
+        src.recv(timeout=None)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert isinstance(src.error, RuntimeError)
+    assert not src.running
 
 
 def test_source_connecting_to_a_bound_pusher(sources, sockets):

@@ -103,6 +103,7 @@ class FrameQueue:
         self._blocked = 0.0
         self._waiting = False
         self._producer_stopped = False
+        self._ended = False
         self._closed = False
 
     # -- producer side ---------------------------------------------------------------------------
@@ -183,18 +184,25 @@ class FrameQueue:
         self._producer_stopped = True
         self._free.put(None)
 
+    def end(self) -> None:
+        """Mark the end of the stream (by the producer, or once it is gone): consumers get the
+        frames still queued, then None at once instead of waiting. Idempotent."""
+        if not self._ended:
+            self._ended = True
+            self._ready.put(None)
+
     # -- consumer side ---------------------------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> Frame | None:
-        """The oldest queued frame, or None after ``timeout`` seconds or once closed."""
+        """The oldest queued frame; None after ``timeout`` s, or at once when ended and drained."""
         if self._closed:
             return None
         try:
             item = self._ready.get(timeout=timeout) if timeout != 0 else self._ready.get_nowait()
         except queue.Empty:
             return None
-        if item is None:  # close() woke us
-            self._ready.put(None)  # and every other waiting consumer
+        if item is None:  # the end of the stream
+            self._ready.put(None)  # for every other and every later get()
             return None
         slot, header, received_at, payload = item
         if payload is None:
@@ -209,7 +217,7 @@ class FrameQueue:
             return
         self._closed = True
         self.stop_producer()
-        self._ready.put(None)
+        self.end()
 
     def counters(self) -> SourceCounters:
         with self._lock:
@@ -315,6 +323,7 @@ class MemoryFrameSource:
         self._started = False
         self._stopped = True
         self._queue.stop_producer()
+        self._queue.end()
 
     def close(self) -> None:
         self.stop()

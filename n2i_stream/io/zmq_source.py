@@ -139,7 +139,15 @@ class ZmqFrameSource:
             ) from self._start_error
 
     def recv(self, timeout: float | None = None) -> Frame | None:
-        return self._queue.get(timeout)
+        """The next frame; None after ``timeout`` s, or at once when stopped and drained.
+
+        Raises ServiceError (the cause attached) once the receive thread has failed and the
+        frames it queued before are all taken, so a consumer never waits on a dead thread.
+        """
+        frame = self._queue.get(timeout)
+        if frame is None and self._error is not None:
+            raise ServiceError(f"the frame receive thread failed: {self._error!r}") from self._error
+        return frame
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving and join the thread; frames already queued stay receivable."""
@@ -231,6 +239,7 @@ class ZmqFrameSource:
         finally:
             sock.close()
             wake.close()
+            self._queue.end()
 
     def _receive_one(self, sock: zmq.Socket) -> bool:
         """Take one message if one is waiting; False when none is."""

@@ -7,7 +7,7 @@ until then the source cannot reuse it. Lifecycle::
 
     source.start()                      # open the socket / thread; raises if it cannot
     while running:
-        frame = source.recv(timeout=0.1)  # None on timeout, or once stopped and drained
+        frame = source.recv(timeout=0.1)  # None on timeout, or at once when stopped, drained
         if frame is not None:
             with frame:
                 assembler.add(frame)
@@ -100,7 +100,7 @@ class FrameSource(Protocol):
         """Begin receiving; raises ServiceError if the source cannot (e.g. bind fails)."""
 
     def recv(self, timeout: float | None = None) -> Frame | None:
-        """The next frame, or None after ``timeout`` seconds or once stopped and drained."""
+        """The next frame; None after ``timeout`` seconds, or at once when stopped and drained."""
 
     def stop(self) -> None:
         """Stop receiving and join the receiver; frames already queued can still be received."""
