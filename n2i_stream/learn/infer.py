@@ -1,0 +1,119 @@
+"""Applying a trained denoiser to whole reconstructions: batched over slices, 2.5D context,
+tiled with overlap when slices are large.
+
+The 2021 paper applies the network to the reconstruction from *all* measurements
+(:func:`denoise_volume`); the 2020 paper averaged it over the split inputs
+(:func:`denoise_split_average`). Both are here so they can be compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any, Literal
+
+import torch
+
+from ..errors import DataError
+from .device import from_torch, to_torch
+from .model import Denoiser
+from .patches import context_stack, pad_slices
+
+__all__ = ["denoise_split_average", "denoise_volume", "tile_starts"]
+
+Precision = Literal["float32", "bfloat16"]
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``size`` with ``overlap`` margins."""
+    if tile >= size:
+        return [0]
+    step = tile - 2 * overlap
+    if step < 1:
+        raise DataError(f"tile {tile} must exceed twice the overlap {overlap}")
+    starts = list(range(0, size - tile, step))
+    return [*starts, size - tile]
+
+
+def _apply_tiled(
+    network: torch.nn.Module, x: torch.Tensor, out_channels: int, tile: int | None, overlap: int
+) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if tile is None or (h <= tile and w <= tile):
+        return network(x)
+    out = x.new_empty((x.shape[0], out_channels, h, w))
+    for i in tile_starts(h, tile, overlap):
+        for j in tile_starts(w, tile, overlap):
+            y = network(x[..., i : i + tile, j : j + tile])
+            # Keep each tile's centre; the margins next to a cut are less reliable.
+            top = 0 if i == 0 else overlap
+            left = 0 if j == 0 else overlap
+            bottom = min(tile, h - i) - (0 if i + tile >= h else overlap)
+            right = min(tile, w - j) - (0 if j + tile >= w else overlap)
+            out[..., i + top : i + bottom, j + left : j + right] = y[..., top:bottom, left:right]
+    return out
+
+
+@torch.no_grad()
+def denoise_volume(
+    denoiser: Denoiser,
+    volume: Any,
+    *,
+    batch: int = 8,
+    tile: int | None = None,
+    overlap: int = 16,
+    precision: Precision = "float32",
+    channels_last: bool = False,
+) -> Any:
+    """Denoise a reconstruction ``(slices, n, n)`` (or ``(channels, slices, n, n)``).
+
+    Slices go through the network ``batch`` at a time, each with its 2.5D context (ends
+    edge-replicated); with ``tile`` set, slices larger than ``tile`` are cut into overlapping
+    tiles. ``precision="bfloat16"`` runs under autocast. Returns the input's array type.
+    """
+    network = denoiser.network.eval()
+    device = next(network.parameters()).device
+    vol = to_torch(volume, device)
+    squeeze = vol.ndim == 3
+    if squeeze:
+        vol = vol[None]
+    c = denoiser.channels
+    if vol.ndim != 4 or vol.shape[0] != c:
+        raise DataError(
+            f"expected a volume (slices, n, n) or ({c} channels, slices, n, n), "
+            f"got shape {tuple(vol.shape)}"
+        )
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    m, s = denoiser.normalisation.mean, denoiser.normalisation.std
+    padded = pad_slices((vol - m) / s, denoiser.context)
+    out = torch.empty_like(vol)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else nullcontext()
+    )
+    slices = vol.shape[1]
+    with autocast:
+        for z0 in range(0, slices, batch):
+            zs = range(z0, min(z0 + batch, slices))
+            x = torch.stack([context_stack(padded, z, denoiser.context) for z in zs])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = _apply_tiled(network, x, c, tile, overlap)
+            out[:, z0 : z0 + len(zs)] = y.float().transpose(0, 1) * s + m
+    if channels_last:
+        network.to(memory_format=torch.contiguous_format)
+    return from_torch(out[0] if squeeze else out, volume)
+
+
+def denoise_split_average(denoiser: Denoiser, inputs: Sequence[Any], **options: Any) -> Any:
+    """Mean of :func:`denoise_volume` over the split input reconstructions (the 2020 paper's
+    way of applying a Noise2Inverse network)."""
+    if not inputs:
+        raise DataError("denoise_split_average needs at least one input reconstruction")
+    total = None
+    for volume in inputs:
+        y = denoise_volume(denoiser, volume, **options)
+        total = y if total is None else total + y
+    return total / len(inputs)
