@@ -23,8 +23,24 @@ FILTERS: tuple[str, ...] = ("ramlak", "shepp-logan", "cosine", "hamming", "hann"
 
 
 def padded_length(cols: int) -> int:
-    """FFT length for ``cols`` detector columns: a power of two ≥ 2·cols (no wrap-around)."""
-    return max(64, 1 << math.ceil(math.log2(2 * cols)))
+    """FFT length for ``cols`` detector columns: the smallest 2^a·3^b·5^c ≥ 2·cols (at least 64).
+
+    Twice the width keeps the circular convolution from wrapping around; 5-smooth lengths are
+    fast in every FFT library and stay close to 2·cols (a power of two can nearly double it).
+    """
+    target = max(64, 2 * int(cols))
+    best = 1 << math.ceil(math.log2(target))
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            length = p35
+            while length < target:
+                length *= 2
+            best = min(best, length)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 @lru_cache(maxsize=32)
