@@ -76,7 +76,7 @@ def _module() -> Any:
 
     return cp.RawModule(
         code=_SOURCE,
-        options=("-std=c++14", f"-DCHUNK={_CHUNK}"),
+        options=(f"-DCHUNK={_CHUNK}",),
         name_expressions=("backproject<float>", "backproject<double>"),
     )
 
