@@ -98,11 +98,10 @@ def _rows(geometry: ParallelGeometry, rows: Sequence[int] | None) -> list[int]:
 
 
 def _profiles(projections: Any, rows: list[int]) -> Any:
-    """Line integrals summed over the chosen rows: ``(angles, cols)`` in float64 (or float32)."""
+    """Line integrals summed over the chosen rows: ``(angles, cols)`` float64."""
     xp = array_namespace(projections)
-    dtype = xp.float64 if projections.dtype == xp.float64 else xp.float32
-    picked = xp.take(xp.astype(projections, dtype), xp.asarray(rows), axis=1)
-    return xp.sum(picked, axis=1)
+    picked = xp.take(projections, xp.asarray(rows), axis=1)
+    return xp.sum(picked, axis=1, dtype=xp.float64)
 
 
 def center_from_mass(
@@ -216,7 +215,7 @@ def center_from_opposing(
     spectrum = to_numpy(cross).astype(np.complex128)
     energy = math.sqrt(float(to_numpy(xp.sum(d1 * d1))) * float(to_numpy(xp.sum(d2 * d2))))
     shift, peak = _correlation_peak(spectrum, n_fft, max_shift=width - 1)
-    # flip(p_l)(c) = p_k(c - s) with s = 2·offset: the mirrored opposite lags by twice the offset.
+    # flip(p_l)(c) = p_k(c + s) with s = 2·offset, so the correlation peaks at lag s.
     offset = shift / 2
     return CenterEstimate(
         offset=float(offset),
