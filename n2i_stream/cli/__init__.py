@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("n2i_stream.cli.simulate", "simulate a dynamic scan into a Data Exchange file"),
     "reconstruct": ("n2i_stream.cli.reconstruct", "reconstruct (and denoise) a Data Exchange file"),
     "bench": ("n2i_stream.cli.bench", "benchmarks: fbp, quality, ingest, latency, scale"),
+    "compare": (
+        "n2i_stream.cli.compare",
+        "side-by-side figure: FBP, Paganin+FBP, TV-MIN, Noise2Inverse",
+    ),
 }
 
 
