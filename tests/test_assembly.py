@@ -80,8 +80,9 @@ def check_step_data(step: TimeStep, expected_ids: list[int]) -> None:
     np.testing.assert_allclose(step.angles, 1.0 + 0.5 * ordinals)
 
 
-def test_frames_in_order_give_complete_steps_with_angles_and_references():
-    asm = Assembler(config())
+@pytest.mark.parametrize("hold", [False, True])
+def test_frames_in_order_give_complete_steps_with_angles_and_references(hold):
+    asm = Assembler(config(hold_frames=hold))
     frames = references() + [frame(i, t=float(i)) for i in projection_ids()]
     steps = run(asm, frames)
     assert [s.index for s in steps] == list(range(STEPS))
@@ -143,8 +144,9 @@ def test_duplicates_are_counted_and_ignored():
     assert all(s.complete for s in steps)
 
 
-def test_five_percent_dropped_frames_are_flagged_and_steps_use_what_arrived(rng):
-    asm = Assembler(config())
+@pytest.mark.parametrize("hold", [False, True])
+def test_five_percent_dropped_frames_are_flagged_and_steps_use_what_arrived(rng, hold):
+    asm = Assembler(config(hold_frames=hold))
     ids = projection_ids()
     lost = set(rng.choice(ids, size=len(ids) // 20, replace=False).tolist())
     assert lost
@@ -203,10 +205,11 @@ def test_16_bit_ids_wrap_mid_scan():
     assert asm.counters().bad_reasons == {"id_too_large": 1}
 
 
-def test_flats_retaken_mid_scan_are_used_for_the_projections_after_them():
+@pytest.mark.parametrize("hold", [False, True])
+def test_flats_retaken_mid_scan_are_used_for_the_projections_after_them(hold):
     ids = projection_ids()
     second_flats = (FIRST_PROJECTION + FPS * STEPS, 3)  # ids after the projections' ids
-    asm = Assembler(config(flat_ids=(FLAT_IDS, second_flats)))
+    asm = Assembler(config(flat_ids=(FLAT_IDS, second_flats), hold_frames=hold))
     new_flat = 3000
     retake = [
         frame(i, np.full((ROWS, COLS), new_flat, np.uint16)) for i in range(*_span(second_flats))
@@ -303,22 +306,49 @@ def test_projections_before_any_reference_cannot_be_corrected():
 
 
 def test_memory_stays_bounded_when_steps_are_released():
-    asm = Assembler(
-        config(steps=40, spare_buffers=1, projection_ids=((FIRST_PROJECTION, 40 * FPS),))
-    )
-    frames = [frame(i) for i in range(FIRST_PROJECTION, FIRST_PROJECTION + 40 * FPS)]
-    held = []
-    for f in frames:
-        for s in asm.add(f):
+    long_scan = config(steps=40, spare_buffers=1, projection_ids=((FIRST_PROJECTION, 40 * FPS),))
+    ids = range(FIRST_PROJECTION, FIRST_PROJECTION + 40 * FPS)
+    asm = Assembler(long_scan)
+    for i in ids:
+        for s in asm.add(frame(i)):
             s.release()
             s.release()  # idempotent
     assert asm.counters().step_buffers_allocated == 0
-    asm2 = Assembler(
-        config(steps=40, spare_buffers=1, projection_ids=((FIRST_PROJECTION, 40 * FPS),))
-    )
-    for f in frames:
-        held.extend(asm2.add(f))
+    asm2 = Assembler(long_scan)
+    held = [s for i in ids for s in asm2.add(frame(i))]  # a pipeline that never lets go
+    assert len(held) == 40
     assert asm2.counters().step_buffers_allocated == 40 - (2 + 1 + 1)
+
+
+def tracked(fid: int, log: list[int]) -> Frame:
+    """A frame that notes its id in ``log`` when released."""
+    base = frame(fid)
+    return Frame(base.header, base.data, 0.0, lambda: log.append(fid))
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_add_takes_ownership_of_every_frame(hold):
+    released: list[int] = []
+    asm = Assembler(config(hold_frames=hold))
+    ids = projection_ids()[:FPS]
+    steps = run(asm, [tracked(i, released) for i in [*range(8), *ids[:-1]]], flush=False)
+    steps += asm.add(tracked(ids[0], released))  # a duplicate: released at once
+    steps += asm.add(tracked(999, released))  # outside range: released at once
+    assert steps == []
+    if hold:
+        assert released == [*range(8), ids[0], 999]  # the projections wait for their step
+    else:
+        assert released == [*range(8), *ids[:-1], ids[0], 999]
+    released.clear()
+    (step,) = asm.add(tracked(ids[-1], released))
+    assert released == ([] if hold else [ids[-1]])
+    check_step_data(step, ids)
+    step.release()
+    assert sorted(released) == (sorted(ids) if hold else [ids[-1]])
+
+
+def test_frames_held_counts_what_a_source_must_allow():
+    assert config(close_lag=2).frames_held(pipeline_steps=3) == (2 + 1 + 3) * FPS + 2
 
 
 def test_config_is_validated_and_builds_from_plain_data():

@@ -14,7 +14,9 @@ uint16 frames over PUSH→PULL on tcp loopback. The receiver is, in turn:
 ``assembly``
     as ``source``, and the consumer files each frame with
     :class:`~n2i_stream.service.assembly.Assembler`: the copy into the preallocated time-step
-    buffer. This is the service's ingest path.
+    buffer. This is the service's default ingest path.
+``held``
+    as ``assembly`` with ``hold_frames=True``: steps keep the received frames, nothing is copied.
 
 Rates run from the first frame the consumer sees to the last. Modes are interleaved and repeated
 and the best run of each kept: on a shared machine the best is the least disturbed. The
@@ -34,12 +36,13 @@ from typing import Any
 
 HELP = "ingest throughput: ZMQ frame source (+ assembly) vs a bare pyzmq receive loop"
 
-MODES = ("bare", "source", "pool", "assembly")
+MODES = ("bare", "source", "pool", "assembly", "held")
 _LABELS = {
     "bare": "bare pyzmq",
     "source": "source zero-copy",
     "pool": "source pool",
-    "assembly": "source + assembly",
+    "assembly": "+ assembly (copy)",
+    "held": "+ assembly (held)",
 }
 _TIMEOUT = 60.0  # seconds without a frame before the benchmark gives up
 
@@ -153,6 +156,7 @@ def _one_run(pipe: Any, mode: str, size: int, n: int, fps: int) -> tuple[float, 
 
     from ..errors import ServiceError
     from ..io.zmq_source import ZmqFrameSource, ZmqSourceConfig
+    from ..service.assembly import Assembler, AssemblyConfig
 
     ctx = zmq.Context()
     try:
@@ -172,16 +176,28 @@ def _one_run(pipe: Any, mode: str, size: int, n: int, fps: int) -> tuple[float, 
                 raise ServiceError(f"bare receiver: no frame for {_TIMEOUT} s") from None
             finally:
                 sock.close()
+        scan = None
+        if mode in ("assembly", "held"):
+            scan = AssemblyConfig(
+                rows=size,
+                cols=size,
+                frames_per_step=fps,
+                steps=n // fps,
+                angle_step=0.1,
+                hold_frames=mode == "held",
+            )
         config = ZmqSourceConfig(
             endpoint="tcp://127.0.0.1:*",
             bind=True,
-            buffers=16,
+            buffers=16 if mode != "held" else max(16, scan.frames_held(pipeline_steps=1)),
             buffer_bytes=size * size * 2,
             payload="pool" if mode == "pool" else "zero_copy",
         )
         with ZmqFrameSource(config, context=ctx) as source:
+            # Everything is allocated before the sender starts: ZMQ's I/O thread would otherwise
+            # queue frames meanwhile, and draining that backlog would flatter the rate.
+            consume = _consumer(source, None if scan is None else Assembler(scan))
             pipe.send(("run", source.endpoint, n, size))
-            consume = _consumer(source, mode, size, n, fps)
             result = _time_frames(consume, n, pipe)
             counters = source.counters()
             if counters.bad or counters.dropped_overload:
@@ -191,26 +207,18 @@ def _one_run(pipe: Any, mode: str, size: int, n: int, fps: int) -> tuple[float, 
         ctx.term()
 
 
-def _consumer(source: Any, mode: str, size: int, n: int, fps: int) -> Callable[[], None]:
+def _consumer(source: Any, assembler: Any) -> Callable[[], None]:
     from ..errors import ServiceError
-    from ..service.assembly import Assembler, AssemblyConfig
-
-    assembler = None
-    if mode == "assembly":
-        assembler = Assembler(
-            AssemblyConfig(
-                rows=size, cols=size, frames_per_step=fps, steps=n // fps, angle_step=0.1
-            )
-        )
 
     def consume() -> None:
         frame = source.recv(timeout=_TIMEOUT)
         if frame is None:
             raise ServiceError(f"ingest benchmark: no frame for {_TIMEOUT} s")
-        if assembler is not None:
-            for step in assembler.add(frame):
+        if assembler is None:
+            frame.release()
+        else:
+            for step in assembler.add(frame):  # add() owns the frame from here on
                 step.release()
-        frame.release()
 
     return consume
 

@@ -92,6 +92,7 @@ class FrameQueue:
         # SimpleQueue: C-level, no per-call lock objects; the hand-off costs microseconds.
         self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._ready: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._pending: list[_Item] = []  # committed, not yet handed over (producer's only)
         for i in range(slots):
             self._free.put(i)
         self._lock = threading.Lock()
@@ -125,6 +126,7 @@ class FrameQueue:
         return slot
 
     def _reserve_slow(self, timeout: float | None) -> int | None:
+        self.flush()  # deferred frames hold slots: let the consumer (or the policy) have them
         if self.overload == "drop_oldest":
             try:
                 item = self._ready.get_nowait()
@@ -153,13 +155,34 @@ class FrameQueue:
         return self._views[slot]
 
     def commit(
-        self, slot: int, header: FrameHeader, received_at: float, payload: Any = None
+        self,
+        slot: int,
+        header: FrameHeader,
+        received_at: float,
+        payload: Any = None,
+        *,
+        defer: bool = False,
     ) -> None:
-        """Queue the frame in ``slot``: in its pool buffer, or in ``payload`` (any buffer)."""
+        """Queue the frame in ``slot``: in its pool buffer, or in ``payload`` (any buffer).
+
+        ``defer`` holds it back until :meth:`flush`, so a burst wakes the consumer once instead
+        of once per frame (the producer flushes when its socket runs dry).
+        """
+        self._pending.append((slot, header, received_at, payload))
+        if not defer:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand every committed frame to the consumer (and count it as received)."""
+        pending = self._pending
+        if not pending:
+            return
         with self._lock:
-            self._received += 1
-            self._bytes += header.nbytes
-        self._ready.put((slot, header, received_at, payload))
+            self._received += len(pending)
+            self._bytes += sum(item[1].nbytes for item in pending)
+        for item in pending:
+            self._ready.put(item)
+        pending.clear()
 
     def cancel(self, slot: int) -> None:
         """Return a reserved buffer unused (its message turned out bad)."""

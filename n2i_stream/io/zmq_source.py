@@ -11,7 +11,9 @@ Either way at most ``buffers`` frames exist (queued or held). The thread never w
 consumer except by the overload policy: ``block`` (back-pressure; on PUB/SUB, ZMQ's RCVHWM then
 drops silently, upstream of us) or ``drop_oldest`` (counted).
 Bad messages (malformed header, wrong size, missing or extra parts, larger than the buffers) are
-counted per reason, logged and skipped; the thread keeps running.
+counted per reason, logged and skipped; the thread keeps running. Frames of a burst are handed
+over together (when the socket runs dry, or every few MiB), so the consumer wakes once per burst
+rather than once per frame; small frames at high rates depend on that.
 
 A second, in-process socket wakes the thread's poll on :meth:`ZmqFrameSource.stop`, so stopping
 is immediate and needs no polling timeout. The thread closes its sockets before it ends; the
@@ -30,7 +32,14 @@ from typing import Literal
 import zmq
 
 from ..errors import ConfigError, ServiceError
-from ..wire import Frame, FrameFormatError, OverloadPolicy, SourceCounters, parse_frame_header
+from ..wire import (
+    Frame,
+    FrameFormatError,
+    FrameHeader,
+    OverloadPolicy,
+    SourceCounters,
+    parse_frame_header,
+)
 from .memory_source import FrameQueue
 
 __all__ = ["ZmqFrameSource", "ZmqSourceConfig"]
@@ -38,6 +47,9 @@ __all__ = ["ZmqFrameSource", "ZmqSourceConfig"]
 log = logging.getLogger(__name__)
 
 _wake_ids = itertools.count()
+# Frames received in a burst are handed to the consumer together, at the latest after this
+# many bytes or when the socket runs dry: one wake-up per burst instead of one per frame.
+_HANDOFF_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,7 @@ class ZmqFrameSource:
         self._error: BaseException | None = None
         self._closed = False
         self._stopping = False
+        self._deferred_bytes = 0  # frames committed but held back for one consumer wake-up
 
     @property
     def endpoint(self) -> str:
@@ -233,65 +246,101 @@ class ZmqFrameSource:
                 for _ in range(batch):
                     if self._stopping or not self._receive_one(sock):
                         break
+                    if self._deferred_bytes >= _HANDOFF_BYTES:
+                        self._flush()
+                self._flush()
         except Exception as exc:  # a bug or a dead context: record it and end visibly
             self._error = exc
             log.exception("the frame receive thread failed")
         finally:
             sock.close()
             wake.close()
+            self._flush()
             self._queue.end()
 
+    def _flush(self) -> None:
+        self._queue.flush()
+        self._deferred_bytes = 0
+
     def _receive_one(self, sock: zmq.Socket) -> bool:
-        """Take one message if one is waiting; False when none is."""
+        """Take one message if one is waiting; False when none is (or when stopping)."""
+        q = self._queue
+        if self._zero_copy:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            header = self._check_header(parts[0].bytes, len(parts))
+            if header is None:
+                return True
+            slot = q.reserve()
+            if slot is None:  # stop() while we waited for a buffer
+                q.discarded_at_stop()
+                return False
+            payload = parts[1].buffer
+            if payload.nbytes != header.nbytes:
+                q.cancel(slot)
+                self._reject_size(header, payload.nbytes)
+                return True
+            q.commit(slot, header, time.monotonic(), payload, defer=True)
+            self._deferred_bytes += header.nbytes
+            return True
         try:
             head = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return False
-        q = self._queue
-        if not sock.rcvmore:
-            q.reject("missing_payload", f"expected [header, payload], got one part {head[:60]!r}")
+        header = self._check_header(head, 2 if sock.rcvmore else 1)
+        if header is None:
+            _discard_rest(sock)
             return True
+        slot = q.reserve()
+        if slot is None:
+            _discard_rest(sock)
+            q.discarded_at_stop()
+            return False
+        n = sock.recv_into(q.buffer(slot))  # straight into the preallocated buffer
+        if sock.rcvmore:
+            q.cancel(slot)
+            _discard_rest(sock)
+            q.reject("extra_parts", f"frame {header.frame_id}: expected 2 parts, got more")
+        elif n != header.nbytes:
+            q.cancel(slot)
+            self._reject_size(header, n)
+        else:
+            q.commit(slot, header, time.monotonic(), defer=True)
+            self._deferred_bytes += header.nbytes
+        return True
+
+    def _check_header(self, head: bytes, n_parts: int) -> FrameHeader | None:
+        """The validated header of an ``n_parts`` message, or None when it was rejected."""
+        q = self._queue
+        if n_parts < 2:
+            q.reject("missing_payload", f"expected [header, payload], got one part {head[:60]!r}")
+            return None
         try:
             header = parse_frame_header(head, angle_attribute=self.config.angle_attribute)
         except FrameFormatError as exc:
-            _discard_rest(sock)
             q.reject(exc.reason, str(exc))
-            return True
+            return None
+        if n_parts > 2:
+            q.reject("extra_parts", f"frame {header.frame_id}: expected 2 parts, got {n_parts}")
+            return None
         if header.nbytes > q.buffer_bytes:
-            _discard_rest(sock)
             q.reject(
                 "too_large",
                 f"frame {header.frame_id}: {header.nbytes} B, buffers hold {q.buffer_bytes} B "
                 "(set buffer_bytes for this scan's frames)",
             )
-            return True
-        slot = q.reserve()
-        if slot is None:  # stop() while we waited for a buffer
-            _discard_rest(sock)
-            q.discarded_at_stop()
-            return False
-        if self._zero_copy:
-            payload = sock.recv(copy=False).buffer
-            n = payload.nbytes
-        else:
-            payload = None
-            n = sock.recv_into(q.buffer(slot))
-        extra = sock.rcvmore
-        if n != header.nbytes or extra:
-            q.cancel(slot)
-            _discard_rest(sock)
-            if n != header.nbytes:
-                rows, cols = header.shape
-                q.reject(
-                    "size_mismatch",
-                    f"frame {header.frame_id}: expected {header.nbytes} payload bytes "
-                    f"({rows}×{cols} {header.dtype.name}), got {n}",
-                )
-            else:
-                q.reject("extra_parts", f"frame {header.frame_id}: expected 2 parts, got more")
-            return True
-        q.commit(slot, header, time.monotonic(), payload)
-        return True
+            return None
+        return header
+
+    def _reject_size(self, header: FrameHeader, n: int) -> None:
+        rows, cols = header.shape
+        self._queue.reject(
+            "size_mismatch",
+            f"frame {header.frame_id}: expected {header.nbytes} payload bytes "
+            f"({rows}×{cols} {header.dtype.name}), got {n}",
+        )
 
 
 _EMPTY = bytearray()

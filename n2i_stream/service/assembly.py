@@ -28,12 +28,22 @@
   completion order, each index at most once; a step of which no frame arrived is not emitted
   (``steps_skipped``).
 
-A :class:`TimeStep` holds the raw counts as received (``(n, rows, cols)``, acquisition order)
-plus the dark and flat means each projection goes with, and computes line integrals on request
-(:meth:`TimeStep.line_integrals`), so correction runs in the pipeline's workers, not here. Its
-projection buffer comes from a pool allocated up front; :meth:`TimeStep.release` (any thread)
-returns it, which keeps memory bounded. The assembler allocates a new buffer only when the
-pipeline holds more steps than the pool has (counted in ``step_buffers_allocated``).
+A :class:`TimeStep` holds the raw counts as received (``frames``, acquisition order) plus the
+dark and flat means each projection goes with, and computes line integrals on request
+(:meth:`TimeStep.line_integrals`, one pass from raw counts to float32), so correction runs in the
+pipeline's workers, not here. :meth:`Assembler.add` takes ownership of every frame it is given.
+Where the projections live is the one choice (``hold_frames``):
+
+* ``False`` (default): each projection is copied into a ``(frames_per_step, rows, cols)`` step
+  buffer from a pool allocated up front, and the frame goes straight back to its source. The
+  source needs few buffers and the pipeline's back-log never reaches it. The assembler allocates
+  a new step buffer only when the pipeline holds more steps than the pool has (counted in
+  ``step_buffers_allocated``).
+* ``True``: the frames themselves are kept until their step is released: no copy at all (with a
+  zero-copy source the pixels stay where ZMQ received them). The source must then allow
+  :meth:`AssemblyConfig.frames_held` frames, or it stalls waiting for buffers nobody releases.
+
+:meth:`TimeStep.release` (any thread) gives the memory back, which keeps it bounded.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ class AssemblyConfig:
     close_lag: int = 2  # step s is closed once a projection of step s + close_lag arrives
     prefer_header_angle: bool = True  # a header's angle wins over the configured one
     spare_buffers: int = 2  # step buffers allocated beyond the close_lag + 1 open at once
+    hold_frames: bool = False  # keep received frames instead of copying them to step buffers
 
     def __post_init__(self) -> None:
         problems = []
@@ -134,6 +145,11 @@ class AssemblyConfig:
     def n_projections(self) -> int:
         return self.frames_per_step * self.steps
 
+    def frames_held(self, pipeline_steps: int) -> int:
+        """Frames a source must be able to hand out at once under ``hold_frames``, while the
+        pipeline holds up to ``pipeline_steps`` emitted steps (plus darks/flats in flight)."""
+        return (self.close_lag + 1 + pipeline_steps) * self.frames_per_step + 2
+
     def projection_angles(self) -> np.ndarray:
         """The configured angle of every projection, degrees, acquisition order."""
         if self.angles:
@@ -165,16 +181,17 @@ class AssemblyCounters:
 class TimeStep:
     """One assembled time step: raw projections as received and what is needed to correct them.
 
-    ``projections`` ``(n, rows, cols)`` raw counts, ``frame_ids`` (unwrapped) and ``angles``
-    (degrees) are in acquisition order. Projection ``i`` goes with dark ``darks[dark_index[i]]``
-    and flat ``flats[flat_index[i]]`` (float32 means; index -1: none had arrived yet).
-    ``missing_ids``/``missing_angles`` list the step's projections that never arrived.
-    ``last_frame_at`` is the ``received_at`` of the step's latest-arriving frame (for latency).
-    ``projections`` lives in the assembler's pool: call :meth:`release` when done with it.
+    ``frames`` (``n`` raw-count ``(rows, cols)`` arrays), ``frame_ids`` (unwrapped) and
+    ``angles`` (degrees) are in acquisition order. Projection ``i`` goes with dark
+    ``darks[dark_index[i]]`` and flat ``flats[flat_index[i]]`` (float32 means; index -1: none
+    had arrived yet). ``missing_ids``/``missing_angles`` list the step's projections that never
+    arrived. ``last_frame_at`` is the ``received_at`` of the step's latest-arriving frame (for
+    latency). The pixels belong to the assembler's pool or the source: call :meth:`release` when
+    done, and use none of them afterwards.
     """
 
     index: int
-    projections: np.ndarray
+    frames: tuple[np.ndarray, ...]
     frame_ids: np.ndarray
     angles: np.ndarray
     darks: tuple[np.ndarray, ...]
@@ -184,12 +201,19 @@ class TimeStep:
     missing_ids: np.ndarray
     missing_angles: np.ndarray
     last_frame_at: float
+    _stack: np.ndarray | None = field(default=None, repr=False)
     _release: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
         """True when every projection of the step arrived."""
         return self.missing_ids.size == 0
+
+    @property
+    def projections(self) -> np.ndarray:
+        """The raw counts as one ``(n, rows, cols)`` array: a view of the step buffer, or, for
+        held frames, a new stacked copy (prefer :attr:`frames` or :meth:`line_integrals`)."""
+        return self._stack if self._stack is not None else np.stack(self.frames)
 
     def release(self) -> None:
         """Return the projection buffer to the assembler's pool; idempotent, any thread."""
@@ -210,13 +234,13 @@ class TimeStep:
                 "correct them once references are known, or send darks and flats first"
             )
         if out is None:
-            out = np.empty(self.projections.shape, dtype=np.float32)
+            out = np.empty((len(self.frames), *self.darks[0].shape), dtype=np.float32)
         for d, f in set(zip(self.dark_index.tolist(), self.flat_index.tolist(), strict=True)):
             dark = self.darks[d]
             gain = np.maximum(self.flats[f] - dark, np.float32(floor))
             for i in np.flatnonzero((self.dark_index == d) & (self.flat_index == f)):
                 o = out[i]
-                np.subtract(self.projections[i], dark, out=o)
+                np.subtract(self.frames[i], dark, out=o)
                 np.divide(o, gain, out=o)
                 np.maximum(o, floor, out=o)
                 np.log(o, out=o)
@@ -252,9 +276,10 @@ class _RefSet:
 
 
 class _OpenStep:
-    def __init__(self, index: int, buffer: np.ndarray, fps: int) -> None:
+    def __init__(self, index: int, buffer: np.ndarray | None, fps: int) -> None:
         self.index = index
-        self.buffer = buffer
+        self.buffer = buffer  # None: the frames themselves are held
+        self.held: list[Frame | None] = [None] * fps if buffer is None else []
         self.received = np.zeros(fps, dtype=bool)
         self.ids = np.zeros(fps, dtype=np.int64)
         self.angles = np.zeros(fps, dtype=np.float64)
@@ -301,7 +326,7 @@ class Assembler:
         self._ref_means: dict[str, list[np.ndarray | None]] = {"dark": [], "flat": []}
         self._lock = threading.Lock()
         self._free: list[np.ndarray] = []
-        for _ in range(c.close_lag + 1 + c.spare_buffers):
+        for _ in range(0 if c.hold_frames else c.close_lag + 1 + c.spare_buffers):
             buf = np.empty((self._fps, *self._shape), dtype=self._dtype)
             buf.fill(0)  # touch the pages now, not when the first frames arrive
             self._free.append(buf)
@@ -313,7 +338,15 @@ class Assembler:
     # -- public ----------------------------------------------------------------------------------
 
     def add(self, frame: Frame) -> tuple[TimeStep, ...]:
-        """File one frame (its pixels are copied; release the frame afterwards)."""
+        """File one frame, taking ownership: do not use or release it afterwards."""
+        self._kept = False
+        try:
+            return self._add(frame)
+        finally:
+            if not self._kept:
+                frame.release()
+
+    def _add(self, frame: Frame) -> tuple[TimeStep, ...]:
         h = frame.header
         self._n["received"] += 1
         if h.shape != self._shape:
@@ -384,8 +417,13 @@ class Assembler:
         self._last_step = max(self._last_step, step)
         st = self._open.get(step)
         if st is None:
-            st = self._open[step] = _OpenStep(step, self._take_buffer(), self._fps)
-        np.copyto(st.buffer[k], frame.data, casting="safe")
+            buffer = None if self.config.hold_frames else self._take_buffer()
+            st = self._open[step] = _OpenStep(step, buffer, self._fps)
+        if st.buffer is None:
+            st.held[k] = frame
+            self._kept = True
+        else:
+            np.copyto(st.buffer[k], frame.data, casting="safe")
         self._seen[ordinal] = True
         st.received[k] = True
         st.ids[k] = uid
@@ -424,11 +462,28 @@ class Assembler:
         fps = self._fps
         got = np.flatnonzero(st.received)
         n = got.size
-        if n < fps:
+        buffer = st.buffer
+        if buffer is None:
+            held = [st.held[k] for k in got.tolist()]
+            frames = tuple(f.data for f in held if f is not None)
+            stack = None
+
+            def release() -> None:
+                for f in held:
+                    if f is not None:
+                        f.release()
+        else:
             # Move received frames to the front, in order; later slots are never read again.
             for j, k in enumerate(got.tolist()):
                 if j != k:
-                    st.buffer[j] = st.buffer[k]
+                    buffer[j] = buffer[k]
+            stack = buffer[:n]
+            frames = tuple(stack)
+
+            def release() -> None:
+                self._give_back(buffer)
+
+        if n < fps:
             missing = np.flatnonzero(~st.received)
             self._n["dropped"] += missing.size
             self._n["steps_incomplete"] += 1
@@ -439,10 +494,9 @@ class Assembler:
         darks, dark_index = self._references("dark", st.dark[got])
         flats, flat_index = self._references("flat", st.flat[got])
         self._n["steps_emitted"] += 1
-        buffer = st.buffer
         return TimeStep(
             index=st.index,
-            projections=buffer[:n],
+            frames=frames,
             frame_ids=st.ids[got],
             angles=st.angles[got],
             darks=darks,
@@ -452,7 +506,8 @@ class Assembler:
             missing_ids=missing_ids,
             missing_angles=self._angles[first + missing],
             last_frame_at=st.last_at,
-            _release=lambda: self._give_back(buffer),
+            _stack=stack,
+            _release=release,
         )
 
     def _references(
