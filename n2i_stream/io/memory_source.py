@@ -131,8 +131,11 @@ class FrameQueue:
             try:
                 item = self._ready.get_nowait()
             except queue.Empty:
-                item = None  # every buffer is held by the consumer: nothing queued to drop
-            if item is not None:
+                pass  # every slot is held by the consumer: nothing queued to drop
+            else:
+                if item is None:  # the stream was ended under us: keep the marker, stop
+                    self._ready.put(None)
+                    return None
                 with self._lock:
                     self._dropped += 1
                 return item[0]
