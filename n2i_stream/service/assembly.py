@@ -52,13 +52,13 @@ import bisect
 import itertools
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..wire import Frame, FrameKind
+from .timestep import TimeStep
 
 __all__ = ["Assembler", "AssemblyConfig", "AssemblyCounters", "TimeStep"]
 
@@ -175,77 +175,6 @@ class AssemblyCounters:
     steps_incomplete: int = 0
     steps_skipped: int = 0
     step_buffers_allocated: int = 0
-
-
-@dataclass(frozen=True, eq=False)
-class TimeStep:
-    """One assembled time step: raw projections as received and what is needed to correct them.
-
-    ``frames`` (``n`` raw-count ``(rows, cols)`` arrays), ``frame_ids`` (unwrapped) and
-    ``angles`` (degrees) are in acquisition order. Projection ``i`` goes with dark
-    ``darks[dark_index[i]]`` and flat ``flats[flat_index[i]]`` (float32 means; index -1: none
-    had arrived yet). ``missing_ids``/``missing_angles`` list the step's projections that never
-    arrived. ``last_frame_at`` is the ``received_at`` of the step's latest-arriving frame (for
-    latency). The pixels belong to the assembler's pool or the source: call :meth:`release` when
-    done, and use none of them afterwards.
-    """
-
-    index: int
-    frames: tuple[np.ndarray, ...]
-    frame_ids: np.ndarray
-    angles: np.ndarray
-    darks: tuple[np.ndarray, ...]
-    flats: tuple[np.ndarray, ...]
-    dark_index: np.ndarray
-    flat_index: np.ndarray
-    missing_ids: np.ndarray
-    missing_angles: np.ndarray
-    last_frame_at: float
-    _stack: np.ndarray | None = field(default=None, repr=False)
-    _release: Callable[[], None] | None = field(default=None, repr=False)
-
-    @property
-    def complete(self) -> bool:
-        """True when every projection of the step arrived."""
-        return self.missing_ids.size == 0
-
-    @property
-    def projections(self) -> np.ndarray:
-        """The raw counts as one ``(n, rows, cols)`` array: a view of the step buffer, or, for
-        held frames, a new stacked copy (prefer :attr:`frames` or :meth:`line_integrals`)."""
-        return self._stack if self._stack is not None else np.stack(self.frames)
-
-    def release(self) -> None:
-        """Return the projection buffer to the assembler's pool; idempotent, any thread."""
-        release = self._release
-        object.__setattr__(self, "_release", None)
-        if release is not None:
-            release()
-
-    def line_integrals(self, out: np.ndarray | None = None, *, floor: float = 1e-6) -> np.ndarray:
-        """``-log((I - dark) / (flat - dark))`` per projection, float32 ``(n, rows, cols)``.
-
-        Beer–Lambert law with dark/flat-field correction; ratios are floored at ``floor`` so dead
-        or saturated pixels give large finite values instead of inf/NaN.
-        """
-        if np.any(self.dark_index < 0) or np.any(self.flat_index < 0):
-            raise DataError(
-                f"time step {self.index}: projections arrived before any dark or flat; "
-                "correct them once references are known, or send darks and flats first"
-            )
-        if out is None:
-            out = np.empty((len(self.frames), *self.darks[0].shape), dtype=np.float32)
-        for d, f in set(zip(self.dark_index.tolist(), self.flat_index.tolist(), strict=True)):
-            dark = self.darks[d]
-            gain = np.maximum(self.flats[f] - dark, np.float32(floor))
-            for i in np.flatnonzero((self.dark_index == d) & (self.flat_index == f)):
-                o = out[i]
-                np.subtract(self.frames[i], dark, out=o)
-                np.divide(o, gain, out=o)
-                np.maximum(o, floor, out=o)
-                np.log(o, out=o)
-                np.negative(o, out=o)
-        return out
 
 
 class _Runs:
