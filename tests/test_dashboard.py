@@ -280,8 +280,11 @@ def test_slice_defaults_are_newest_step_denoised_middle_slice_auto_window(
     low, high = (float(v) for v in headers["X-Window"].split())
     _, window = get_json(server, "/api/window?step=1")
     assert window["window"] == pytest.approx([low, high], rel=1e-5)
-    # The window is the denoised volume's 0.5..99.5 percentile, shared by both kinds.
-    assert (low, high) == pytest.approx(np.percentile(ramp(1, 7.0), [0.5, 99.5]), rel=1e-5)
+    # The window is the denoised volume's 0.5..99.5 percentile widened by a tenth of its span
+    # on each side, shared by both kinds.
+    p_low, p_high = np.percentile(ramp(1, 7.0), [0.5, 99.5])
+    margin = 0.1 * (p_high - p_low)
+    assert (low, high) == pytest.approx((p_low - margin, p_high + margin), rel=1e-5)
     fbp_headers = get(server, "/api/slice.png?kind=fbp")[1]
     assert fbp_headers["X-Window"] == headers["X-Window"]
     # The middle slice z = ROWS // 2 in that window.
@@ -303,7 +306,7 @@ def test_slice_defaults_are_newest_step_denoised_middle_slice_auto_window(
         ("colour=red", 400, "unknown parameter colour"),
         ("index=6", 404, "slice z=6 does not exist: time step 4 has z in 0..5"),
         ("axis=x&index=-1", 404, "slice x=-1 does not exist"),
-        ("step=0", 404, "time step 0 is not held: the dashboard keeps the newest 3 steps"),
+        ("step=0", 404, "time step 0 is not held: the dashboard holds steps 2..4 (it keeps"),
         ("step=99", 404, "time step 99 is not held"),
         ("step=3&kind=denoised", 404, "time step 3 has no denoised result (yet); it has fbp"),
     ],
@@ -505,3 +508,19 @@ def test_a_port_in_use_is_a_service_error(status: FakeStatus, sink: DashboardSin
         taken = DashboardServer(status, sink, DashboardConfig(port=first.address[1]))
         with pytest.raises(ServiceError, match=r"cannot listen on 127\.0\.0\.1"):
             taken.start()
+
+
+def test_a_result_of_another_scan_starts_a_fresh_store(sink: DashboardSink) -> None:
+    @dataclass(frozen=True)
+    class ScanResult(Result):
+        scan_id: str | None = None
+
+    sink.put(ScanResult(3, "fbp", ramp(3), scan_id="a"))
+    sink.put(ScanResult(4, "fbp", ramp(4), scan_id="a"))
+    cursor = sink.events.cursor
+    sink.put(ScanResult(0, "fbp", ramp(0), scan_id="b"))
+    snapshot = sink.snapshot()
+    assert [s["time_step"] for s in snapshot["steps"]] == [0]
+    assert (snapshot["scan_id"], snapshot["generation"]) == ("b", 1)
+    events = sink.events.wait(cursor, 0, timeout=0).events
+    assert [(e.name, e.data.get("scan_id")) for e in events] == [("reset", "b"), ("step", None)]

@@ -5,7 +5,9 @@ stores a reference and announces the step: no copy, no rendering, no I/O, so the
 waits for a browser. The sink holds each volume by reference, so the producer must not write into
 a volume after publishing it (the service hands every sink the same read-only result). Memory is
 bounded by ``max_steps`` and ``max_bytes``: the oldest time steps are dropped first, the newest
-one is always kept. Rendering happens later, on the HTTP threads (:mod:`.render`).
+one is always kept. A result of another scan (its ``scan_id`` differs) or the first put after
+:meth:`DashboardSink.close` starts a fresh store. Rendering happens later, on the HTTP threads
+(:mod:`.render`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ KINDS: tuple[str, ...] = ("denoised", "fbp")
 # Voxels looked at to choose a contrast window: enough for stable percentiles, cheap enough to
 # compute on a request thread for a volume of any size.
 _WINDOW_SAMPLES = 1 << 18
-#: percentiles of the automatic contrast window
+#: percentiles of the automatic contrast window, and the margin added on each side (a fraction
+#: of their distance) so that the brightest material keeps its texture instead of saturating
 WINDOW_PERCENTILES = (0.5, 99.5)
+WINDOW_MARGIN = 0.1
 
 
 class NotHeld(LookupError):
@@ -45,6 +49,7 @@ class StepResultLike(Protocol):
     incomplete: bool
     missing: int
     latency_s: float | None
+    # ``scan_id`` (str | None) is read too where present: a new scan starts a fresh store.
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,8 +82,9 @@ class DashboardSink:
     """A ``ResultSink`` keeping the newest ``max_steps`` time steps (both kinds) in memory.
 
     ``max_bytes`` bounds the memory held by reference; the newest time step is kept even when it
-    alone is larger. Every put publishes a ``step`` event on :attr:`events`; :meth:`close` ends
-    a scan's stream (the results stay visible) and the next put starts a fresh store.
+    alone is larger. Every put publishes a ``step`` event on :attr:`events`. A new scan (another
+    ``scan_id``) starts a fresh store and publishes ``reset``; :meth:`close` publishes
+    ``closed``, the results stay visible and the next put starts a fresh store.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class DashboardSink:
         self._bytes = 0
         self._seq = 0
         self._generation = 0
+        self._scan_id: str | None = None
         self._closed = False
         self._evicted = 0
         self._windows: dict[tuple[int, int], tuple[float, float, float, float]] = {}
@@ -115,10 +122,15 @@ class DashboardSink:
                 f"{type(volume).__name__} of shape {getattr(volume, 'shape', '?')}"
             )
         step = int(result.time_step)
+        scan_id = getattr(result, "scan_id", None)
         with self._lock:
-            reset = self._closed
+            reset = self._closed or (
+                scan_id is not None and self._scan_id is not None and scan_id != self._scan_id
+            )
             if reset:
                 self._clear()
+            if scan_id is not None:
+                self._scan_id = scan_id
             self._seq += 1
             held = HeldResult(
                 step,
@@ -138,7 +150,7 @@ class DashboardSink:
             kept = sorted(self._steps)
             generation = self._generation
         if reset:
-            self.events.publish("reset", {"generation": generation})
+            self.events.publish("reset", {"generation": generation, "scan_id": scan_id})
         event = {"time_step": step, **held.info(), "kept": kept, "generation": generation}
         self.events.publish("step", event)
 
@@ -161,6 +173,7 @@ class DashboardSink:
                 "steps": steps,
                 "newest": max(self._steps) if self._steps else None,
                 "generation": self._generation,
+                "scan_id": self._scan_id,
                 "closed": self._closed,
                 "max_steps": self.max_steps,
                 "held_bytes": self._bytes,
@@ -179,8 +192,8 @@ class DashboardSink:
             if kinds is None:
                 first, last = min(self._steps), max(self._steps)
                 raise NotHeld(
-                    f"time step {step} is not held: the dashboard keeps the newest "
-                    f"{self.max_steps} steps and holds {len(self._steps)} of {first}..{last}"
+                    f"time step {step} is not held: the dashboard holds steps {first}..{last} "
+                    f"(it keeps the newest {self.max_steps})"
                 )
             raise NotHeld(
                 f"time step {step} has no {kind} result (yet); it has {', '.join(sorted(kinds))}"
@@ -194,8 +207,9 @@ class DashboardSink:
     def window(self, step: int) -> tuple[float, float, float, float]:
         """Automatic contrast ``(low, high, minimum, maximum)`` of ``step``, shared by its kinds.
 
-        Taken from the denoised volume where there is one (its percentiles are not inflated by
-        noise), else from the FBP, on a strided sample of the volume; cached per version.
+        The :data:`WINDOW_PERCENTILES` widened by :data:`WINDOW_MARGIN`, taken from the denoised
+        volume where there is one (its percentiles are not inflated by noise), else from the
+        FBP, on a strided sample of the volume; cached per version.
         """
         with self._lock:
             kinds = self._steps.get(step)
@@ -242,4 +256,6 @@ def _auto_window(volume: np.ndarray) -> tuple[float, float, float, float]:
     minimum, maximum = float(sample.min()), float(sample.max())
     if not high > low:
         low, high = low - 0.5, low + 0.5
+    margin = WINDOW_MARGIN * (high - low)
+    low, high = low - margin, high + margin
     return (low, high, min(minimum, low), max(maximum, high))

@@ -106,8 +106,8 @@ function updateStatus() {
 
   const steps = s.steps || {};
   const published = Math.max(steps.published_fbp || 0, steps.published_denoised || 0);
-  setText("steps-text", `${fmtInt(published)} / ${fmtInt(steps.total)}` +
-    (steps.published_denoised != null ? `  (denoised ${fmtInt(steps.published_denoised)})` : ""));
+  setText("steps-text", `${fmtInt(published)} / ${fmtInt(steps.total)} published`);
+  setText("steps-denoised", fmtInt(steps.published_denoised));
   $("steps-bar").style.width = `${steps.total ? (100 * published) / steps.total : 0}%`;
   setText("backlog", fmtInt(steps.backlog));
 
@@ -268,7 +268,13 @@ function setShape(shape) {
     if (state.pos[axis] === null || state.pos[axis] >= size) state.pos[axis] = Math.floor(size / 2);
     slider.value = state.pos[axis];
   }
-  document.querySelectorAll(".ortho .view").forEach((v) => { v.style.aspectRatio = `${n} / ${rows}`; });
+  // Thin volumes (few detector rows) are stretched along z so the side views stay legible.
+  const stretch = Math.max(1, Math.ceil((0.25 * n) / rows));
+  document.querySelectorAll(".ortho .view").forEach((v) => {
+    v.style.aspectRatio = `${n} / ${rows * stretch}`;
+    const label = v.querySelector(".label");
+    label.textContent = label.dataset.name + (stretch > 1 ? ` · z ×${stretch}` : "");
+  });
   updatePositionLabels();
 }
 
@@ -435,7 +441,7 @@ function bindControls() {
   document.querySelectorAll(".view.axial").forEach((view) => {
     view.addEventListener("click", (e) => {
       if (!state.shape) return;
-      const r = view.getBoundingClientRect(), n = state.shape[1];
+      const r = view.querySelector("img").getBoundingClientRect(), n = state.shape[1];
       state.pos.x = Math.min(n - 1, Math.max(0, Math.floor((n * (e.clientX - r.left)) / r.width)));
       state.pos.y = Math.min(n - 1, Math.max(0, Math.floor((n * (e.clientY - r.top)) / r.height)));
       $("x-slider").value = state.pos.x;
