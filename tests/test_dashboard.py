@@ -524,3 +524,52 @@ def test_a_result_of_another_scan_starts_a_fresh_store(sink: DashboardSink) -> N
     assert (snapshot["scan_id"], snapshot["generation"]) == ("b", 1)
     events = sink.events.wait(cursor, 0, timeout=0).events
     assert [(e.name, e.data.get("scan_id")) for e in events] == [("reset", "b"), ("step", None)]
+
+
+# ---- the optional EPICS PV Access image ------------------------------------------------------
+
+
+def test_pva_image_serves_the_newest_denoised_slice() -> None:
+    pytest.importorskip("p4p", reason="p4p (the optional EPICS PV Access extra) is not installed")
+    import queue
+
+    from p4p.client.thread import Context
+
+    from n2i_stream.io.epics_pva import PvaImageSink
+
+    sink = PvaImageSink("TEST:N2I:image", isolate=True)
+    context = Context("pva", conf=sink.conf(), useenv=False)
+    updates: queue.Queue[Any] = queue.Queue()
+    subscription = context.monitor("TEST:N2I:image", updates.put)
+    try:
+        sink.put(Result(1, "fbp", ramp(1)))  # not the kind served: ignored
+        sink.put(Result(2, "denoised", ramp(2), incomplete=True, missing=4))
+        while True:
+            image = updates.get(timeout=10)
+            if image.shape != (1, 1):  # the placeholder served before any result
+                break
+        np.testing.assert_array_equal(image, ramp(2)[ROWS // 2])
+        assert image.dtype == np.float32
+        assert image.raw["uniqueId"] == 2
+        assert image.timestamp > 0
+        assert image.attrib["TimeStep"] == 2
+        assert image.attrib["Kind"] == "denoised"
+        assert image.attrib["Index"] == ROWS // 2
+        assert image.attrib["MissingFrames"] == 4
+        assert bool(image.attrib["Incomplete"]) is True
+        assert sink.posted == 1
+        assert sink.failed is None
+    finally:
+        subscription.close()
+        context.close()
+        sink.close()
+    sink.close()  # idempotent
+
+
+def test_pva_image_rejects_a_bad_choice_before_touching_the_network() -> None:
+    from n2i_stream.io.epics_pva import PvaImageSink
+
+    with pytest.raises(ConfigError, match="kind must be 'denoised' or 'fbp'"):
+        PvaImageSink(kind="raw")
+    with pytest.raises(ConfigError, match="axis must be one of"):
+        PvaImageSink(axis="t")
