@@ -6,6 +6,14 @@ simulation parameters under ``/process/simulation``). The truth file holds
 ``(steps, per_step)`` (the exact angles, degrees), ``/truth/step_offset`` (nominal offset of each
 step modulo the increment, degrees) and ``/truth/bubble_radius`` (pixels, 0 before the dynamics),
 with the parameters and the material and water attenuation as attributes of ``/truth``.
+
+With ``--stream ENDPOINT`` the scan is not written but streamed like a detector
+(:mod:`n2i_stream.sim.stream`): frames in ``--format`` (``n2i`` with kinds and angles,
+``array-1.0`` with neither, ``gigafrost`` with kinds) at ``--rate`` frames per second over PUSH
+(or PUB). The service learns angles and id runs from the scan configuration:
+``--scan-config FILE`` writes it, ``--control ENDPOINT`` sends it to a running
+``n2i-stream serve`` (``configure``) before the first frame; ``--scan-extra JSON`` adds keys to
+it (e.g. ``{"output": "results.h5", "train_minutes": 1}``).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..sim.scan import SimConfig
 
     defaults = SimConfig()
-    parser.add_argument("--out", required=True, type=Path, help="Data Exchange file to write")
+    parser.add_argument("--out", type=Path, help="Data Exchange file to write (or --stream)")
     parser.add_argument("--truth", type=Path, help="also write the ground truth to this file")
     for option, (field, kind, text) in _OPTIONS.items():
         parser.add_argument(
@@ -52,6 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--noiseless", action="store_true", help="rounded expected counts, no noise"
     )
+    live = parser.add_argument_group("streaming like a detector")
+    live.add_argument("--stream", metavar="ENDPOINT", help="send frames to this ZMQ endpoint")
+    live.add_argument(
+        "--format", choices=("n2i", "array-1.0", "gigafrost"), default="n2i", help="(n2i)"
+    )
+    live.add_argument(
+        "--rate", type=float, default=600.0, help="frames per second (600; 0: as fast as possible)"
+    )
+    live.add_argument("--socket", choices=("push", "pub"), default="push", help="(push)")
+    live.add_argument("--bind", action="store_true", help="bind the stream instead of connecting")
+    live.add_argument("--scan-id", default="sim", help="scan id in the scan configuration (sim)")
+    live.add_argument("--scan-config", type=Path, help="write the scan configuration (JSON) here")
+    live.add_argument("--scan-extra", default="{}", help="JSON object of extra scan keys")
+    live.add_argument("--control", metavar="ENDPOINT", help="configure this service first")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
 
     fields = {field: getattr(args, field) for field, _, _ in _OPTIONS.values()}
     config = SimConfig(**fields, noise=not args.noiseless)
+    if args.stream is not None:
+        return _stream(args, config)
+    if args.out is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("give --out FILE to write the scan, or --stream ENDPOINT to stream it")
     scan = DynamicScan(config)
     print(f"simulating {describe(config)}")
     start = time.perf_counter()
@@ -100,4 +128,42 @@ def run(args: argparse.Namespace) -> int:
             },
         )
         print(f"wrote {args.truth}: ground truth of {config.steps} steps")
+    return 0
+
+
+def _stream(args: argparse.Namespace, config: object) -> int:
+    import json
+
+    from ..errors import ConfigError
+    from ..sim.scan import DynamicScan, describe
+    from ..sim.stream import StreamStats, frame_messages, scan_config_for, stream
+
+    try:
+        extra = json.loads(args.scan_extra)
+    except ValueError as exc:
+        raise ConfigError(f"--scan-extra: expected a JSON object: {exc}") from exc
+    if not isinstance(extra, dict):
+        raise ConfigError(f"--scan-extra: expected a JSON object, got {args.scan_extra!r}")
+    scan = DynamicScan(config)  # type: ignore[arg-type]
+    scan_config = scan_config_for(config, scan_id=args.scan_id, theta=scan.theta, **extra)  # type: ignore[arg-type]
+    if args.scan_config is not None:
+        args.scan_config.write_text(json.dumps(scan_config))
+        print(f"wrote the scan configuration to {args.scan_config}")
+    if args.control is not None:
+        from ..service.control import ControlClient
+
+        with ControlClient(args.control) as client:
+            reply = client.call("configure", scan=scan_config)
+        print(f"configured scan {reply['scan_id']} on {args.control} (state {reply['state']})")
+    print(f"streaming {describe(config)} as {args.format} to {args.stream}")  # type: ignore[arg-type]
+    stats = StreamStats()
+    stream(
+        frame_messages(scan.frames(), args.format, stats=stats),
+        args.stream,
+        socket_type=args.socket,
+        bind=args.bind,
+        rate=args.rate or None,
+        stats=stats,
+    )
+    print(f"sent {stats.frames} frames in {stats.seconds:.1f} s ({stats.rate:.0f} frames/s)")
     return 0

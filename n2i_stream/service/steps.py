@@ -1,0 +1,42 @@
+"""One assembled time step to one FBP volume, with exactly the offline path's numerics.
+
+The live service and ``n2i-stream reconstruct`` must give the same numbers for the same frames,
+so correction is ``TimeStep.line_integrals`` (:func:`n2i_stream.core.preprocess.line_integrals`,
+the offline clipping, in the pipeline's reconstruction worker), the geometry
+is built from degrees as :class:`~n2i_stream.cli.reconstruct.ScanSteps` does, and the volume is
+:func:`n2i_stream.core.fbp.fbp` with the scan's size and filter. A step missing projections is
+reconstructed from the angles it has (FBP weights each angle by its share of the half circle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.fbp import fbp
+from ..core.geometry import ParallelGeometry
+from .scan_config import ScanConfig
+
+__all__ = ["find_step_center", "reconstruct_step", "step_geometry"]
+
+
+def step_geometry(
+    angles_deg: np.ndarray, scan: ScanConfig, center_offset: float
+) -> ParallelGeometry:
+    """The geometry of a step's received projections (angles in degrees, acquisition order)."""
+    return ParallelGeometry.from_degrees(
+        angles_deg, rows=scan.rows, cols=scan.cols, center_offset=center_offset
+    )
+
+
+def find_step_center(line_integrals: np.ndarray, angles_deg: np.ndarray, scan: ScanConfig) -> float:
+    """The rotation-centre offset estimated on one step (``center_offset: "auto"``)."""
+    from ..core.center import find_center
+
+    return float(find_center(line_integrals, step_geometry(angles_deg, scan, 0.0)).offset)
+
+
+def reconstruct_step(
+    line_integrals: np.ndarray, geometry: ParallelGeometry, scan: ScanConfig
+) -> np.ndarray:
+    """FBP volume ``(rows, n, n)`` float32 of a step's line integrals."""
+    return np.asarray(fbp(line_integrals, geometry, n=scan.size, window=scan.filter))
