@@ -33,6 +33,8 @@ MANY_SLICES = 8
 # Zero columns padded on each side of a projection row (few-slice kernel): reads just outside
 # the reachable range land on zeros, so rounding at the range ends can never index out of bounds.
 _PAD = 2
+# Fused multiply-add and sign-of-zero freedom only: no NaN/Inf assumptions, no reassociation.
+_FASTMATH = {"contract", "nsz", "arcp"}
 # Bytes of filtered data per angle block of the many-slice kernel (kept in L2 while a row of
 # pixels is swept).
 _BLOCK_BYTES = 256 * 1024
@@ -68,46 +70,6 @@ def _smear(orow, p, base, step, weight, j0, j1):  # type: ignore[no-untyped-def]
         k = np.uint32(fl)
         g0 = p[k]
         o[j] += w * (g0 + (c - fl) * (p[k + np.uint32(1)] - g0))
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _backproject_few(q, cosv, sinv, weights, axis, n, out):  # type: ignore[no-untyped-def]
-    """``q`` ``(angles, rows, cols + 2·_PAD)`` zero-padded → ``out`` ``(rows, n, n)`` (added to)."""
-    n_angles, rows, width = q.shape
-    half = (n - 1) * 0.5
-    # Padded coordinates in [lo, hi] read the detector or its zero border; outside, only zeros.
-    lo = _PAD - 1.0
-    hi = width - _PAD + 0.0
-    shift = axis + _PAD
-    for idx in prange(rows * n):
-        r = idx // n
-        i = idx - r * n
-        y = i - half
-        orow = out[r, i]
-        a = 0
-        while a + 4 <= n_angles:
-            b0 = y * sinv[a] + shift - half * cosv[a]
-            b1 = y * sinv[a + 1] + shift - half * cosv[a + 1]
-            b2 = y * sinv[a + 2] + shift - half * cosv[a + 2]
-            b3 = y * sinv[a + 3] + shift - half * cosv[a + 3]
-            s0, e0 = _reach(b0, cosv[a], lo, hi, n)
-            s1, e1 = _reach(b1, cosv[a + 1], lo, hi, n)
-            s2, e2 = _reach(b2, cosv[a + 2], lo, hi, n)
-            s3, e3 = _reach(b3, cosv[a + 3], lo, hi, n)
-            j0 = max(max(s0, s1), max(s2, s3))
-            j1 = max(j0, min(min(e0, e1), min(e2, e3)))
-            _quad(orow, q, r, a, cosv, weights, b0, b1, b2, b3, j0, j1)
-            # The ends of each angle's range that the shared pass did not cover.
-            for m, s, e, b in ((0, s0, e0, b0), (1, s1, e1, b1), (2, s2, e2, b2), (3, s3, e3, b3)):
-                p = q[a + m, r]
-                _smear(orow, p, b, cosv[a + m], weights[a + m], s, min(e, j0))
-                _smear(orow, p, b, cosv[a + m], weights[a + m], max(s, j1), e)
-            a += 4
-        for rest in range(a, n_angles):
-            b = y * sinv[rest] + shift - half * cosv[rest]
-            s, e = _reach(b, cosv[rest], lo, hi, n)
-            _smear(orow, q[rest, r], b, cosv[rest], weights[rest], s, e)
-    return out
 
 
 @njit(inline="always")
@@ -159,7 +121,47 @@ def _quad(orow, q, r, a, cosv, weights, b0, b1, b2, b3, j0, j1):  # type: ignore
         o[j] += v
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _backproject_few(q, cosv, sinv, weights, axis, n, out):  # type: ignore[no-untyped-def]
+    """``q`` ``(angles, rows, cols + 2·_PAD)`` zero-padded → ``out`` ``(rows, n, n)`` (added to)."""
+    n_angles, rows, width = q.shape
+    half = (n - 1) * 0.5
+    # Padded coordinates in [lo, hi] read the detector or its zero border; outside, only zeros.
+    lo = _PAD - 1.0
+    hi = width - _PAD + 0.0
+    shift = axis + _PAD
+    for idx in prange(rows * n):
+        r = idx // n
+        i = idx - r * n
+        y = i - half
+        orow = out[r, i]
+        a = 0
+        while a + 4 <= n_angles:
+            b0 = y * sinv[a] + shift - half * cosv[a]
+            b1 = y * sinv[a + 1] + shift - half * cosv[a + 1]
+            b2 = y * sinv[a + 2] + shift - half * cosv[a + 2]
+            b3 = y * sinv[a + 3] + shift - half * cosv[a + 3]
+            s0, e0 = _reach(b0, cosv[a], lo, hi, n)
+            s1, e1 = _reach(b1, cosv[a + 1], lo, hi, n)
+            s2, e2 = _reach(b2, cosv[a + 2], lo, hi, n)
+            s3, e3 = _reach(b3, cosv[a + 3], lo, hi, n)
+            j0 = max(max(s0, s1), max(s2, s3))
+            j1 = max(j0, min(min(e0, e1), min(e2, e3)))
+            _quad(orow, q, r, a, cosv, weights, b0, b1, b2, b3, j0, j1)
+            # The ends of each angle's range that the shared pass did not cover.
+            for m, s, e, b in ((0, s0, e0, b0), (1, s1, e1, b1), (2, s2, e2, b2), (3, s3, e3, b3)):
+                p = q[a + m, r]
+                _smear(orow, p, b, cosv[a + m], weights[a + m], s, min(e, j0))
+                _smear(orow, p, b, cosv[a + m], weights[a + m], max(s, j1), e)
+            a += 4
+        for rest in range(a, n_angles):
+            b = y * sinv[rest] + shift - half * cosv[rest]
+            s, e = _reach(b, cosv[rest], lo, hi, n)
+            _smear(orow, q[rest, r], b, cosv[rest], weights[rest], s, e)
+    return out
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _backproject_many(q, cosv, sinv, weights, axis, n, block, out):  # type: ignore[no-untyped-def]
     """``q`` ``(angles, cols + 2, rows)`` (one zero column each side) → ``out`` ``(n, n, rows)``."""
     n_angles, width, rows = q.shape
