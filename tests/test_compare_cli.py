@@ -75,6 +75,9 @@ def test_without_denoised_volume_the_column_is_left_out(files, tmp_path, capsys)
     assert main([*argv, "--slice", "0", *FAST]) == 0
     assert png_size(out) == figure_size(3, SIM.rows, SIM.n, 40)
     assert "column left out" in capsys.readouterr().out
+    # --tv-iter 0 leaves TV-MIN out too: FBP and Paganin+FBP remain.
+    assert main([*argv, "--tv-iter", "0", "--dpi", "40"]) == 0
+    assert png_size(out) == figure_size(2, SIM.rows, SIM.n, 40)
 
 
 def test_panels_use_the_results_geometry(files):

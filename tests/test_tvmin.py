@@ -55,8 +55,10 @@ def test_objective_decreases_with_iterations_and_lam_zero_fits_data(rng):
 
 def test_nonneg_and_warm_start(rng):
     geom, noisy, _ = sparse_noisy_scan(rng, n=48, k=20)
-    rec = tv_min(noisy, geom, lam=0.2, n_iter=30)
+    seen: list[int] = []
+    rec = tv_min(noisy, geom, lam=0.2, n_iter=30, callback=seen.append)
     assert rec.min() >= 0.0
+    assert seen == list(range(1, 31))
     start = fbp(noisy, geom, backend="reference")
     one_step = tv_min(noisy, geom, lam=0.2, n_iter=1, x0=start, nonneg=False)
     assert np.linalg.norm(one_step - start) < 0.2 * np.linalg.norm(start)

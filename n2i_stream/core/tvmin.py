@@ -10,6 +10,7 @@ operators converge faster) and the step sizes come from ``‖K‖`` estimated by
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,7 @@ def tv_min(
     x0: Any = None,
     backend: ProjectorBackend = "auto",
     power_iterations: int = 30,
+    callback: Callable[[int], None] | None = None,
 ) -> Any:
     """TV-MIN reconstruction of line integrals ``(angles, rows, cols)`` → ``(rows, n, n)``.
 
@@ -73,7 +75,8 @@ def tv_min(
     the attenuation scale). ``dims=2`` regularises each slice alone (as the paper does);
     ``dims=3`` also couples slices. ``x0`` starts from a given image (e.g. the FBP) instead of
     zeros; it changes the path, not the minimiser. The paper uses 500 iterations.
-    ``power_iterations`` sets the effort spent estimating ``‖A‖`` for the step sizes.
+    ``power_iterations`` sets the effort spent estimating ``‖A‖`` for the step sizes;
+    ``callback(i)`` is called after iteration ``i`` (1-based), e.g. to report progress.
     """
     xp = array_namespace(projections)
     if not math.isfinite(lam) or lam < 0:
@@ -110,7 +113,7 @@ def tv_min(
     u_bar = u
     p = xp.zeros_like(g)
     q = [xp.zeros_like(u) for _ in range(dims)]
-    for _ in range(n_iter):
+    for iteration in range(1, n_iter + 1):
         # Dual step for the data term ½‖·−g‖²: prox of its conjugate.
         p = (p + sigma * (A(u_bar) - g)) / (1.0 + sigma)
         # Dual step for (λ/ν)‖·‖₁ on ν∇u: projection onto the ball of radius λ/ν.
@@ -123,4 +126,6 @@ def tv_min(
         if nonneg:
             u = xp.clip(u, 0.0, None)
         u_bar = 2.0 * u - u_old
+        if callback is not None:
+            callback(iteration)
     return u
