@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("n2i_stream.cli.demo", "run the simulated beamline end to end (the quick start)"),
     "simulate": ("n2i_stream.cli.simulate", "simulate a dynamic scan into a Data Exchange file"),
     "reconstruct": ("n2i_stream.cli.reconstruct", "reconstruct (and denoise) a Data Exchange file"),
+    "serve": (
+        "n2i_stream.cli.serve",
+        "run the live service: frames in, FBP and denoised steps out",
+    ),
     "bench": ("n2i_stream.cli.bench", "benchmarks: fbp, quality, ingest, latency, scale"),
     "compare": (
         "n2i_stream.cli.compare",
