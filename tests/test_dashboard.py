@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import uniform_filter
 
 from n2i_stream.errors import ConfigError, DataError, ServiceError
 from n2i_stream.io.dashboard import (
@@ -280,14 +281,14 @@ def test_slice_defaults_are_newest_step_denoised_middle_slice_auto_window(
     low, high = (float(v) for v in headers["X-Window"].split())
     _, window = get_json(server, "/api/window?step=1")
     assert window["window"] == pytest.approx([low, high], rel=1e-5)
-    # The window is the denoised volume's 0.5..99.5 percentile widened by a tenth of its span
-    # on each side, shared by both kinds.
-    p_low, p_high = np.percentile(ramp(1, 7.0), [0.5, 99.5])
+    # The window is the 0.5..99.5 percentile of the FBP after a 3x3x3 mean, widened by a tenth
+    # of its span on each side, and shared by both kinds.
+    p_low, p_high = np.percentile(uniform_filter(ramp(1), 3, mode="nearest"), [0.5, 99.5])
     margin = 0.1 * (p_high - p_low)
     assert (low, high) == pytest.approx((p_low - margin, p_high + margin), rel=1e-5)
     fbp_headers = get(server, "/api/slice.png?kind=fbp")[1]
     assert fbp_headers["X-Window"] == headers["X-Window"]
-    # The middle slice z = ROWS // 2 in that window.
+    # The denoised middle slice z = ROWS // 2 in that window.
     want = np.clip(np.rint((ramp(1, 7.0)[ROWS // 2] - low) * 255 / (high - low)), 0, 255)
     np.testing.assert_allclose(pixels, want, atol=1)
 
@@ -573,3 +574,20 @@ def test_pva_image_rejects_a_bad_choice_before_touching_the_network() -> None:
         PvaImageSink(kind="raw")
     with pytest.raises(ConfigError, match="axis must be one of"):
         PvaImageSink(axis="t")
+
+
+def test_the_auto_window_ignores_noise_and_unwritten_voxels(rng: np.random.Generator) -> None:
+    sink = DashboardSink()
+    clean = np.zeros((8, 32, 32), np.float32)
+    clean[:, 8:24, 8:24] = 1.0  # a block of material in air
+    noisy = clean + rng.normal(0, 0.3, clean.shape).astype(np.float32)
+    noisy[0, 0, :4] = np.nan
+    sink.put(Result(0, "fbp", noisy))
+    low, high, minimum, maximum = sink.window(0)
+    # The noise, a third of the contrast, would stretch plain percentiles far beyond 0..1.
+    assert -0.35 < low < -0.05
+    assert 1.05 < high < 1.35
+    assert minimum < -0.5
+    assert maximum > 1.5
+    sink.put(Result(0, "denoised", clean * 0.5))  # a network that lost half the contrast
+    assert sink.window(0) == (low, high, minimum, maximum)  # still the FBP's window

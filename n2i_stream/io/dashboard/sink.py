@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 from ...errors import DataError
 from .events import EventHub
@@ -207,15 +208,19 @@ class DashboardSink:
     def window(self, step: int) -> tuple[float, float, float, float]:
         """Automatic contrast ``(low, high, minimum, maximum)`` of ``step``, shared by its kinds.
 
-        The :data:`WINDOW_PERCENTILES` widened by :data:`WINDOW_MARGIN`, taken from the denoised
-        volume where there is one (its percentiles are not inflated by noise), else from the
-        FBP, on a strided sample of the volume; cached per version.
+        The :data:`WINDOW_PERCENTILES` of the FBP volume after a 3×3×3 mean, widened by
+        :data:`WINDOW_MARGIN`; ``minimum`` and ``maximum`` bound the unsmoothed values (the
+        range a manual window can take). Taking the window from the measurement, with most of
+        its noise averaged out, gives the object's attenuation range whatever the network does,
+        so both images in this window show honestly how the denoised one differs. The denoised
+        volume stands in where a step has no FBP. Computed on a strided sample of at most
+        :data:`_WINDOW_SAMPLES` voxels, cached per version.
         """
         with self._lock:
             kinds = self._steps.get(step)
             if not kinds:
                 raise NotHeld(f"time step {step} is not held")
-            held = kinds.get("denoised") or kinds["fbp"]
+            held = kinds.get("fbp") or kinds["denoised"]
             cached = self._windows.get((step, held.seq))
         if cached is not None:
             return cached
@@ -248,14 +253,16 @@ class DashboardSink:
 
 def _auto_window(volume: np.ndarray) -> tuple[float, float, float, float]:
     stride = max(1, int(np.ceil((volume.size / _WINDOW_SAMPLES) ** (1 / 3))))
-    sample = np.asarray(volume[::stride, ::stride, ::stride], dtype=np.float32).ravel()
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
+    sample = np.array(volume[::stride, ::stride, ::stride], dtype=np.float32)
+    finite = np.isfinite(sample)
+    if not finite.any():
         return (0.0, 1.0, 0.0, 1.0)
-    low, high = (float(v) for v in np.percentile(sample, WINDOW_PERCENTILES))
-    minimum, maximum = float(sample.min()), float(sample.max())
+    if not finite.all():  # slots never written must not drag the window to their fill value
+        sample[~finite] = np.median(sample[finite])
+    smooth = uniform_filter(sample, size=3, mode="nearest")
+    low, high = (float(v) for v in np.percentile(smooth, WINDOW_PERCENTILES))
     if not high > low:
         low, high = low - 0.5, low + 0.5
     margin = WINDOW_MARGIN * (high - low)
     low, high = low - margin, high + margin
-    return (low, high, min(minimum, low), max(maximum, high))
+    return (low, high, min(float(sample.min()), low), max(float(sample.max()), high))

@@ -169,7 +169,17 @@ function drawLoss(losses) {
   svg.append(svgEl("text", { x: 4, y: pad + 8 }, fmtNum(Math.max(...values), 2)));
   svg.append(svgEl("text", { x: 4, y: h - pad }, fmtNum(Math.min(...values), 2)));
   svg.append(svgEl("text", { x: w - 70, y: h - pad - 2 }, log ? "log scale" : "linear"));
-  svg.append(svgEl("polyline", { class: "curve", points: pts.join(" ") }));
+  svg.append(svgEl("polyline", { class: "curve raw", points: pts.join(" ") }));
+  // A running mean over about a tenth of the history shows the trend through batch noise.
+  const alpha = Math.min(1, 10 / ys.length);
+  let mean = ys[0];
+  const trend = ys.map((y, i) => {
+    mean = i === 0 ? y : mean + alpha * (y - mean);
+    const px = left + ((w - left - pad) * i) / (ys.length - 1);
+    const py = pad + (h - 2 * pad) * (1 - (mean - lo) / span);
+    return `${px.toFixed(1)},${py.toFixed(1)}`;
+  });
+  svg.append(svgEl("polyline", { class: "curve", points: trend.join(" ") }));
 }
 function drawLatency() {
   const svg = $("latency-chart");
@@ -184,7 +194,7 @@ function drawLatency() {
   items.forEach((d, i) => {
     const bh = Math.max(1, ((h - 14) * (d.latency || 0)) / max);
     const rect = svgEl("rect", {
-      class: "barfill" + (d.incomplete ? " warn" : ""), x: i * bw + 1, y: h - bh,
+      class: `barfill ${d.kind}` + (d.incomplete ? " warn" : ""), x: i * bw + 1, y: h - bh,
       width: Math.max(1, bw - 2), height: bh,
     });
     rect.append(svgEl("title", {}, `step ${d.step} ${d.kind}: ${fmtSeconds(d.latency)}` +
