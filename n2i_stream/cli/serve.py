@@ -6,7 +6,8 @@ line ``{"ready": true, "data": ..., "control": ..., "results": ...}`` with the a
 SIGINT: a running scan is then drained (everything received is reconstructed, published and
 written; the file closed) before the process exits. ``--scan FILE`` configures a scan at once
 (JSON, the ``scan`` of a ``configure`` request); with ``--exit-when-done`` the process ends when
-that scan does.
+that scan does. ``--dashboard HOST:PORT`` also serves the live web dashboard there (its URL is in
+the ready line as ``"dashboard"``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--angle-attribute", help="ADZMQ ndattr entry carrying the angle (array-1.0), if any"
     )
+    parser.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="serve the live web dashboard (alone: 127.0.0.1:8080; port 0 picks a free one)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     from ..service.pipeline import PipelineOptions
     from ..service.service import N2IService
 
+    dashboard_address = None
+    if args.dashboard is not None:
+        from ..io.dashboard import parse_address
+
+        dashboard_address = parse_address(args.dashboard)
     scan = None
     if args.scan is not None:
         try:
@@ -103,9 +116,19 @@ def run(args: argparse.Namespace) -> int:
     )
     service = N2IService(source, options=options)
     control = None
+    dashboard = None
     try:
         results = ZmqResultSink(ZmqSinkConfig(endpoint=args.results), context=ctx)
         service.add_sink(results)
+        if dashboard_address is not None:
+            from ..io.dashboard import DashboardConfig, DashboardServer, DashboardSink
+
+            dashboard_sink = DashboardSink()
+            service.add_sink(dashboard_sink)
+            host, port = dashboard_address
+            dashboard = DashboardServer(
+                service.status, dashboard_sink, DashboardConfig(host=host, port=port)
+            ).start()
         service.start()
         control = ControlServer(
             args.control, ControlHandler(service, on_shutdown=shutdown.set), context=ctx
@@ -126,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
                     "data": source.endpoint,
                     "control": control.endpoint,
                     "results": results.endpoint,
+                    **({"dashboard": dashboard.url} if dashboard is not None else {}),
                 }
             ),
             flush=True,
@@ -136,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         service.close()
         if control is not None:
             control.close()
+        if dashboard is not None:
+            dashboard.close()
         ctx.term()
     return 1 if service.state == "failed" else 0
 
