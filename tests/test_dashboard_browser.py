@@ -282,3 +282,62 @@ def test_the_dashboard_follows_a_simulated_scan(browser: Any, scan: SimulatedSca
     finally:
         page.close()
         server.close()
+
+
+def test_the_dashboard_watches_the_real_service(browser: Any) -> None:
+    """A tiny simulated scan through N2IService (loopback sockets): FBP, training, denoising."""
+    from playwright.sync_api import expect
+
+    from n2i_stream.service.loopback import Loopback
+    from n2i_stream.service.pipeline import PipelineOptions
+    from n2i_stream.sim.scan import DynamicScan, SimConfig
+    from n2i_stream.sim.stream import frame_messages, scan_config_for, stream
+
+    expect.set_options(timeout=TIMEOUT_MS * 3)  # training runs on a shared CPU
+    sim = SimConfig(
+        width=48, rows=6, steps=6, per_step=36, n_darks=4, n_flats=4, dynamics_start=3,
+        bubble_growth=0.25, supersample=1, seed=5,
+    )  # fmt: skip
+    frames = list(DynamicScan(sim).frames())
+    first_steps = sim.n_darks + sim.n_flats + 3 * sim.per_step
+    sink = DashboardSink(max_steps=8)
+    config = DashboardConfig(port=0, status_interval_s=0.1)
+    with Loopback(options=PipelineOptions(infer_threads=1), sinks=[sink]) as loopback:
+        server = DashboardServer(loopback.service.status, sink, config).start()
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS * 3)
+        try:
+            page.goto(server.url)
+            expect(page.locator("#state")).to_have_text("idle")
+            loopback.service.configure(
+                scan_config_for(
+                    sim,
+                    scan_id="browser-scan",
+                    train_steps=3,
+                    train_iterations=200,
+                    training={"depth": 2, "width": 4, "crop": 16, "batch": 2},
+                )
+            )
+            stream(frame_messages(frames[:first_steps], "n2i"), loopback.data_endpoint,
+                   context=loopback.context)  # fmt: skip
+            page.wait_for_selector('#img-fbp-z[data-step="2"]')
+            expect(page.locator("#scan-id")).to_have_text("browser-scan")
+            before = element_pixels(page, "#img-fbp-z")
+            expect(page.locator("#counter-received")).to_have_text(f"{first_steps:,}")
+
+            stream(frame_messages(frames[first_steps:], "n2i"), loopback.data_endpoint,
+                   context=loopback.context)  # fmt: skip
+            page.wait_for_selector(f'#img-denoised-z[data-step="{sim.steps - 1}"]')
+            page.wait_for_selector(f'#img-fbp-z[data-step="{sim.steps - 1}"]')
+            expect(page.locator("#state")).to_have_text("done")
+            expect(page.locator("#counter-received")).to_have_text(f"{len(frames):,}")
+            expect(page.locator("#training-state")).to_have_text("done")
+            after = element_pixels(page, "#img-fbp-z")
+            assert np.abs(after - before).mean() > 1, "the newest step should change the picture"
+            page.locator("#z-slider").fill("0")
+            page.wait_for_selector('#img-denoised-z[data-url*="index=0&"]')
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-service.png"), full_page=True)
+        finally:
+            page.close()
+            server.close()
