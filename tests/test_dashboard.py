@@ -9,7 +9,6 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,20 +26,10 @@ from n2i_stream.io.dashboard import (
     parse_address,
 )
 from n2i_stream.io.dashboard.render import PngCache, to_png
+from n2i_stream.service.sinks import ResultSink
+from n2i_stream.service.sinks import StepResult as Result
 
 ROWS, N = 6, 20
-
-
-@dataclass(frozen=True)
-class Result:
-    """The fields of the service's StepResult that a sink reads."""
-
-    time_step: int
-    kind: str
-    volume: np.ndarray
-    incomplete: bool = False
-    missing: int = 0
-    latency_s: float | None = 0.25
 
 
 def ramp(step: int, offset: float = 0.0) -> np.ndarray:
@@ -448,6 +437,7 @@ def test_a_new_scan_after_close_starts_a_fresh_store(
 
 
 def test_sink_rejects_results_it_cannot_show(sink: DashboardSink) -> None:
+    assert isinstance(sink, ResultSink)  # the service's seam
     with pytest.raises(DataError, match="kind must be one of"):
         sink.put(Result(0, "raw", ramp(0)))
     with pytest.raises(DataError, match=r"\(rows, n, n\) NumPy array, got ndarray of shape"):
@@ -512,14 +502,10 @@ def test_a_port_in_use_is_a_service_error(status: FakeStatus, sink: DashboardSin
 
 
 def test_a_result_of_another_scan_starts_a_fresh_store(sink: DashboardSink) -> None:
-    @dataclass(frozen=True)
-    class ScanResult(Result):
-        scan_id: str | None = None
-
-    sink.put(ScanResult(3, "fbp", ramp(3), scan_id="a"))
-    sink.put(ScanResult(4, "fbp", ramp(4), scan_id="a"))
+    sink.put(Result(3, "fbp", ramp(3), scan_id="a"))
+    sink.put(Result(4, "fbp", ramp(4), scan_id="a"))
     cursor = sink.events.cursor
-    sink.put(ScanResult(0, "fbp", ramp(0), scan_id="b"))
+    sink.put(Result(0, "fbp", ramp(0), scan_id="b"))
     snapshot = sink.snapshot()
     assert [s["time_step"] for s in snapshot["steps"]] == [0]
     assert (snapshot["scan_id"], snapshot["generation"]) == ("b", 1)

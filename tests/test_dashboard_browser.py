@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from n2i_stream.io.dashboard import DashboardConfig, DashboardServer, DashboardSink
+from n2i_stream.service.sinks import StepResult
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -46,19 +47,6 @@ def chromium_path() -> str | None:
         if candidate and (found := shutil.which(candidate)):
             return found
     return None
-
-
-@dataclass(frozen=True)
-class Result:
-    """A published reconstruction, as the service's StepResult carries it."""
-
-    time_step: int
-    kind: str
-    volume: np.ndarray
-    incomplete: bool = False
-    missing: int = 0
-    latency_s: float | None = None
-    scan_id: str | None = "sim-foam"
 
 
 @dataclass(frozen=True)
@@ -181,7 +169,7 @@ def test_the_dashboard_follows_a_simulated_scan(browser: Any, scan: SimulatedSca
         # Step 0 arrives before training: FBP shows, denoised says why it is missing.
         status.received(0)
         status.trained(120)
-        sink.put(Result(0, "fbp", scan.fbp[0], latency_s=0.42))
+        sink.put(StepResult(0, "fbp", scan.fbp[0], latency_s=0.42))
         page.wait_for_selector('#img-fbp-z[data-step="0"]')
         expect(page.locator(".panel[data-kind=denoised] .axial .note")).to_contain_text(
             "no denoised result for step 0 yet"
@@ -198,8 +186,8 @@ def test_the_dashboard_follows_a_simulated_scan(browser: Any, scan: SimulatedSca
             status.value["steps"]["published_fbp"] = step + 1
             status.value["steps"]["published_denoised"] = step
             status.value["latency_s"] = {"last": 0.5 + step / 10, "median": 0.55, "max": 0.9}
-            sink.put(Result(step, "fbp", scan.fbp[step], latency_s=0.3 + step / 10))
-            sink.put(Result(step, "denoised", scan.denoised[step], latency_s=0.5 + step / 10))
+            sink.put(StepResult(step, "fbp", scan.fbp[step], latency_s=0.3 + step / 10))
+            sink.put(StepResult(step, "denoised", scan.denoised[step], latency_s=0.5 + step / 10))
             page.wait_for_selector(f'#img-denoised-z[data-step="{step}"]')
         expect(page.locator("#state")).to_have_text("streaming")
         expect(page.locator("#counter-received")).to_have_text(
