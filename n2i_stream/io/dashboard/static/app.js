@@ -350,8 +350,11 @@ function refreshImages() {
           (state.status && state.status.training && state.status.training.state !== "done"
             ? ` (training ${state.status.training.state})` : "")
           : `no FBP for step ${state.selected}`;
-      showNote(p, msg, false);
-      if (axis === "z" || !kinds) p.img.removeAttribute("src");
+      showNote(p, axis === "z" ? msg : null, false);  // side views: too small to say it twice
+      p.img.removeAttribute("src");
+      delete p.img.dataset.step;
+      p.want = null;
+      p.shown = null;
       continue;
     }
     p.want = imageUrl(kind, axis);
@@ -360,12 +363,14 @@ function refreshImages() {
 }
 async function load(p) {
   // One request per view at a time; the newest wish wins when it ends (dragging stays smooth).
-  if (p.busy || p.want === p.shown) return;
+  if (p.busy || !p.want || p.want === p.shown) return;
   const url = p.want;
   p.busy = true;
   try {
     const r = await fetch(url);
-    if (r.ok) {
+    if (url !== p.want) {
+      // The wish changed while this was in flight (or the kind went away): not worth showing.
+    } else if (r.ok) {
       const blob = await r.blob();
       const objectUrl = URL.createObjectURL(blob);
       await new Promise((resolve) => { p.img.onload = resolve; p.img.onerror = resolve; p.img.src = objectUrl; });
@@ -385,7 +390,7 @@ async function load(p) {
   } finally {
     p.busy = false;
   }
-  if (p.want !== p.shown) load(p);
+  if (p.want && p.want !== p.shown) load(p);
 }
 function showNote(p, message, isError) {
   p.note.hidden = !message;
