@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "n2i_stream.cli.serve",
         "run the live service: frames in, FBP and denoised steps out",
     ),
+    "replay": ("n2i_stream.cli.replay", "stream a Data Exchange file like a detector"),
     "bench": ("n2i_stream.cli.bench", "benchmarks: fbp, quality, ingest, latency, scale"),
     "compare": (
         "n2i_stream.cli.compare",

@@ -390,9 +390,11 @@ class ControlClient:
         sock.connect(self.endpoint)
         return sock
 
-    def request(self, command: str, timeout: float | None = None, **arguments: Any) -> dict:
+    def request(
+        self, command: str, *, reply_timeout: float | None = None, **arguments: Any
+    ) -> dict:
         """Send ``{"command": command, **arguments}`` and return the reply object."""
-        wait = self.timeout if timeout is None else timeout
+        wait = self.timeout if reply_timeout is None else reply_timeout
         self._sock.send(json.dumps({"command": command, **arguments}).encode())
         if not self._sock.poll(int(wait * 1000)):
             self._sock.close()
@@ -400,9 +402,9 @@ class ControlClient:
             raise ServiceError(f"no reply to {command!r} from {self.endpoint} within {wait} s")
         return json.loads(self._sock.recv())
 
-    def call(self, command: str, timeout: float | None = None, **arguments: Any) -> dict:
+    def call(self, command: str, *, reply_timeout: float | None = None, **arguments: Any) -> dict:
         """:meth:`request`, raising the reply's error (as the package's exception) if not ok."""
-        reply = self.request(command, timeout, **arguments)
+        reply = self.request(command, reply_timeout=reply_timeout, **arguments)
         if reply.get("ok"):
             return reply
         error = reply.get("error") or {}
