@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the live service: frames in, FBP and denoised steps out",
     ),
     "replay": ("n2i_stream.cli.replay", "stream a Data Exchange file like a detector"),
+    "config": ("n2i_stream.cli.config", "check or show the service settings, make CURVE keys"),
     "bench": ("n2i_stream.cli.bench", "benchmarks: fbp, quality, ingest, latency, scale"),
     "compare": (
         "n2i_stream.cli.compare",
