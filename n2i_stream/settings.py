@@ -32,6 +32,7 @@ import dataclasses
 import math
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,30 +116,47 @@ class ResultsSettings(ZmqSinkConfig):
     curve: bool = False  # require ZeroMQ CURVE ([security]) from subscribers
 
 
-@dataclass(frozen=True)
-class PipelineSettings:
-    """How every scan's pipeline queues work (see ``service.pipeline.PipelineOptions``)."""
+#: PipelineOptions keys that live in [devices] rather than [pipeline]
+DEVICE_KEYS = ("train_threads", "infer_threads")
 
-    overload: Literal["block", "drop_oldest"] = "block"  # reconstruction behind: wait or drop
-    queue_steps: int = 4  # assembled steps waiting for reconstruction, at most
-    max_backlog: int = 256  # FBP volumes kept for the denoiser (oldest dropped beyond)
-    publish_queue: int = 8  # results waiting for the publisher
-    denoise_batch: int = 8  # slices per network call when denoising
-    save_model: bool = True  # save each trained model next to its results file
-    join_timeout: float = 60.0  # seconds to wait for a worker thread at the end of a scan
 
-    def __post_init__(self) -> None:
-        self.options(DevicesSettings())  # the pipeline's own checks, once, at load time
+def _pipeline_options(self: Any, devices: DevicesSettings) -> Any:
+    """The :class:`~n2i_stream.service.pipeline.PipelineOptions` for these settings."""
+    from .service.pipeline import PipelineOptions
 
-    def options(self, devices: DevicesSettings) -> Any:
-        """The :class:`~n2i_stream.service.pipeline.PipelineOptions` for these settings."""
-        from .service.pipeline import PipelineOptions
+    return PipelineOptions(
+        **dataclasses.asdict(self),
+        train_threads=devices.train_threads,
+        infer_threads=devices.infer_threads,
+    )
 
-        return PipelineOptions(
-            **dataclasses.asdict(self),
-            train_threads=devices.train_threads,
-            infer_threads=devices.infer_threads,
-        )
+
+def _check_pipeline(self: Any) -> None:
+    _pipeline_options(self, DevicesSettings())  # the pipeline's own checks, at load time
+
+
+def _pipeline_settings() -> type:
+    """[pipeline]: every PipelineOptions key but the threads (in [devices]), with its type and
+    default taken from PipelineOptions itself, so the two never drift apart."""
+    from .service.pipeline import PipelineOptions
+
+    hints = typing.get_type_hints(PipelineOptions)
+    cls = dataclasses.make_dataclass(
+        "PipelineSettings",
+        [
+            (f.name, hints[f.name], field(default=f.default))
+            for f in dataclasses.fields(PipelineOptions)
+            if f.name not in DEVICE_KEYS
+        ],
+        frozen=True,
+        namespace={
+            "__doc__": "How every scan's pipeline queues work (service.pipeline.PipelineOptions).",
+            "__post_init__": _check_pipeline,
+            "options": _pipeline_options,
+        },
+    )
+    cls.__module__ = __name__
+    return cls
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,9 @@ class DevicesSettings:
                 f"train_threads, infer_threads: expected >= 0 (0: every core), got "
                 f"{self.train_threads}, {self.infer_threads}"
             )
+
+
+PipelineSettings = _pipeline_settings()
 
 
 @dataclass(frozen=True)
@@ -358,7 +379,7 @@ class ServiceSettings:
     data: DataSettings = field(default_factory=DataSettings)
     control: ControlSettings = field(default_factory=ControlSettings)
     results: ResultsSettings = field(default_factory=ResultsSettings)
-    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)  # type: ignore[valid-type]
     devices: DevicesSettings = field(default_factory=DevicesSettings)
     scan_defaults: ScanDefaults = field(default_factory=ScanDefaults)
     output: OutputSettings = field(default_factory=OutputSettings)
