@@ -37,6 +37,7 @@ from .training import train_config
 
 if TYPE_CHECKING:
     from ..learn import Denoiser
+    from .resume import ResumePlan, ScanJournal, ScanRecord
 
 __all__ = ["N2IService"]
 
@@ -51,7 +52,9 @@ class N2IService:
     """Runs scans on frames from ``source`` (a :class:`~n2i_stream.wire.FrameSource`).
 
     ``recv_timeout`` bounds how long the ingest thread waits for a frame before it looks at
-    its commands (stop) again.
+    its commands (stop) again. With a ``journal``
+    (:class:`~n2i_stream.service.resume.ScanJournal`) every scan is recorded on disk, so that
+    a restarted service can resume it.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class N2IService:
         *,
         options: PipelineOptions | None = None,
         recv_timeout: float = 0.05,
+        journal: ScanJournal | None = None,
     ) -> None:
         self.options = options or PipelineOptions()
         self._source = source
@@ -77,6 +81,10 @@ class N2IService:
         self._fatal: str | None = None
         self._no_scan = 0
         self._rates: deque[tuple[float, int, int]] = deque(maxlen=RATE_SAMPLES)
+        self._journal = journal
+        self._record: ScanRecord | None = None
+        if journal is not None:
+            self._machine.add_listener(self._journal_state)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -94,9 +102,13 @@ class N2IService:
         self._started = True
         self._thread.start()
 
-    def configure(self, scan: ScanConfig | Mapping[str, Any]) -> ScanConfig:
+    def configure(
+        self, scan: ScanConfig | Mapping[str, Any], *, resume: ResumePlan | None = None
+    ) -> ScanConfig:
         """Start a scan. Refused (ServiceError) while another scan is in progress.
 
+        ``resume`` (from :func:`~n2i_stream.service.resume.resume_unfinished`) continues a scan
+        a killed service left unfinished: its results file is recovered and written on.
         Raises ConfigError for an invalid scan, ModelError for a model that cannot be used,
         DataFileError when the results file cannot be created.
         """
@@ -119,8 +131,15 @@ class N2IService:
             model = self._load_model(scan)
             if model is None:
                 train_config(scan, threads=self.options.train_threads)  # ConfigError early
-            file_sink = self._open_file(scan)
+            file_sink = (
+                self._open_file(scan)
+                if resume is None
+                else resume.open_results(model, batch=self.options.denoise_batch)
+            )
+            record = None
             try:
+                if self._journal is not None:
+                    record = resume.record if resume is not None else self._journal.begin(scan)
                 run = ScanRun(
                     scan,
                     self.options,
@@ -129,10 +148,13 @@ class N2IService:
                     file_sink=file_sink,
                     model=model,
                 )
-            except BaseException:
+            except BaseException as exc:
                 if file_sink is not None:
                     file_sink.close()
+                if record is not None and self._journal is not None:
+                    self._journal.finish(record, f"failed to start: {exc}")
                 raise
+            self._record = record
             self._baseline = self._source.counters()
             self._machine.move("acquiring")
             self._run = run
@@ -353,6 +375,19 @@ class N2IService:
             log.exception("scan %s: filing a frame failed", run.scan.scan_id)
             run.fail(f"assembly failed: {type(exc).__name__}: {exc}")
 
+    def _journal_state(self, state: str, reason: str | None) -> None:
+        """Keep the scan's record in step: its model once there is one, and its end."""
+        run, record, journal = self._run, self._record, self._journal
+        if run is None or record is None or journal is None or state not in _RECORDED:
+            return
+        try:
+            if state == "streaming" and run.training.model:
+                self._record = journal.model_saved(record, run.training.model)
+            elif state in ("done", "failed"):
+                journal.finish(record, reason or state)
+        except OSError as exc:
+            log.error("scan %s: the scan state could not be written: %s", record.scan_id, exc)
+
     def _run_commands(self) -> None:
         while True:
             try:
@@ -371,6 +406,8 @@ class N2IService:
                 break
             self._file(frame)
 
+
+_RECORDED = frozenset({"streaming", "done", "failed"})
 
 _NO_STEPS: dict[str, Any] = {
     "total": 0,
