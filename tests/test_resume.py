@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -21,6 +22,7 @@ from n2i_stream.io.dxchange import DataExchangeFile
 from n2i_stream.io.dxchange_writer import DataExchangeWriter
 from n2i_stream.io.live_results import LiveResultsWriter
 from n2i_stream.learn import denoise_volume, load_checkpoint
+from n2i_stream.learn.registry import ModelRegistry
 from n2i_stream.service.control import ControlClient
 from n2i_stream.service.resume import (
     ResumedFileSink,
@@ -123,18 +125,51 @@ def test_recovery_keeps_whole_steps_and_writes_each_step_once(tmp_path):
     assert not list(tmp_path.glob(".*recovering"))
 
 
-def tiny_denoiser():
+def tiny_denoiser(seed: int = 0, center_offset: float = 0.0):
     import torch
 
     from n2i_stream.learn import Denoiser, NetworkSpec, TrainConfig, build_network
     from n2i_stream.learn.patches import Normalisation
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     spec = NetworkSpec.for_data("dncnn", context=1, depth=2, width=4)
+    geometry = {"rows": SIM.rows, "cols": SIM.width, "n": SIM.width, "angles": SIM.per_step,
+                "center_offset": center_offset}  # fmt: skip
     return Denoiser(
         network=build_network(spec).eval(), spec=spec, normalisation=Normalisation(1.0, 2.0),
-        context=1, strategy="dynamic", geometry={}, config=TrainConfig(),
+        context=1, strategy="dynamic", geometry=geometry, config=TrainConfig(), iteration=5,
+        loss_history=[(5, 0.125)],
     )  # fmt: skip
+
+
+def test_the_model_registry_finds_models_by_geometry_detector_and_energy(tmp_path):
+    from n2i_stream import ModelError
+    from n2i_stream.learn import load_checkpoint, save_checkpoint
+    from n2i_stream.learn.registry import ModelKey, ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    first = save_checkpoint(tiny_denoiser(0), tmp_path / "a.model.pt")
+    second = save_checkpoint(tiny_denoiser(1, center_offset=0.3), tmp_path / "b.model.pt")
+    a = registry.register(first, detector="pco", energy_kev=20.0, scan_id="s1")
+    b = registry.register(second, detector="pco", energy_kev=20.3, scan_id="s2")
+    registry.register(first, detector="eiger", energy_kev=20.0)
+    assert (a.iterations, a.final_loss, a.key.angles) == (5, 0.125, SIM.per_step)
+
+    wanted = ModelKey(cols=SIM.width, n=SIM.width, angles=SIM.per_step, center_offset=0.1,
+                      network="dncnn", detector="pco", energy_kev=20.1)  # fmt: skip
+    assert [e.id for e in ModelRegistry(tmp_path / "models").find(wanted)] == [b.id, a.id]
+    assert registry.latest(wanted, energy_tolerance_kev=0.15) == a
+    assert registry.find(replace(wanted, energy_kev=30.0)) == []
+    assert registry.find(replace(wanted, angles=SIM.per_step * 2)) == []
+    assert registry.find(replace(wanted, energy_kev=None)) == []
+    reused = load_checkpoint(registry.latest(wanted).path)  # type: ignore[union-attr]
+    assert reused.geometry["center_offset"] == 0.3
+
+    registry.remove(b.id)
+    assert registry.latest(wanted) == a
+    assert not b.path.exists()
+    with pytest.raises(ModelError, match="not a readable n2i-stream model"):
+        registry.register(tmp_path / "models" / "index.json")
 
 
 def test_steps_without_a_denoised_volume_are_denoised_from_the_file(tmp_path):
@@ -171,13 +206,15 @@ import json, signal, sys, threading
 from n2i_stream.io.zmq_source import ZmqFrameSource, ZmqSourceConfig
 from n2i_stream.service.control import ControlHandler, ControlServer
 from n2i_stream.service.pipeline import PipelineOptions
-from n2i_stream.service.resume import ScanJournal, resume_unfinished
+from n2i_stream.learn.registry import ModelRegistry
+from n2i_stream.service.resume import ScanJournal, register_trained_models, resume_unfinished
 from n2i_stream.service.service import N2IService
 
 journal = ScanJournal(sys.argv[1])
 source = ZmqFrameSource(ZmqSourceConfig(
     endpoint="tcp://127.0.0.1:*", bind=True, buffers=64, buffer_bytes=1 << 22))
 service = N2IService(source, options=PipelineOptions(infer_threads=1), journal=journal)
+register_trained_models(service, ModelRegistry(sys.argv[2]), detector="sim")
 service.start()
 control = ControlServer("tcp://127.0.0.1:*", ControlHandler(service))
 control.start()
@@ -201,7 +238,7 @@ class ServiceProcess:
         driver = tmp_path / "driver.py"
         driver.write_text(DRIVER)
         self.proc = subprocess.Popen(
-            [sys.executable, str(driver), str(tmp_path / "state")],
+            [sys.executable, str(driver), str(tmp_path / "state"), str(tmp_path / "models")],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -321,3 +358,5 @@ def test_a_killed_service_resumes_its_scan_from_disk(tmp_path, processes):
     records = ScanJournal(tmp_path / "state").records()
     assert [(r.state, r.resumed, r.reason) for r in records] == [("finished", 1, "done")]
     assert resume_unfinished(ScanJournal(tmp_path / "state")) is None
+    (entry,) = ModelRegistry(tmp_path / "models").entries()  # trained once, registered once
+    assert (entry.scan_id, entry.key.detector, entry.iterations) == ("r1", "sim", 4)

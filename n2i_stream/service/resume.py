@@ -51,7 +51,7 @@ import h5py
 import numpy as np
 
 from ..config import to_mapping
-from ..errors import DataFileError, ServiceError
+from ..errors import DataFileError, N2IError, ServiceError
 from ..io.live_results import LiveResultsWriter
 from .scan_config import ScanConfig
 from .sinks import ResultsFileSink, StepResult
@@ -68,6 +68,7 @@ __all__ = [
     "atomic_write",
     "plan_resume",
     "read_results",
+    "register_trained_models",
     "resume_unfinished",
 ]
 
@@ -483,3 +484,29 @@ def resume_unfinished(journal: ScanJournal) -> ResumePlan | None:
     plan = replace(plan, record=journal.resumed(record))
     log.info("resuming %s", plan.describe())
     return plan
+
+
+def register_trained_models(service: Any, registry: Any, *, detector: str = "") -> None:
+    """Register every model ``service`` trains in ``registry``
+    (:class:`~n2i_stream.learn.registry.ModelRegistry`), keyed with ``detector`` and the
+    scan's ``energy_kev`` when it has one. Call before the first scan."""
+
+    def listener(state: str, reason: str | None) -> None:
+        run = service.run
+        if state != "streaming" or run is None or run.training.state != "done":
+            return
+        checkpoint = run.training.model
+        if checkpoint is None:
+            return
+        try:
+            entry = registry.register(
+                checkpoint,
+                detector=detector,
+                energy_kev=getattr(run.scan, "energy_kev", None),
+                scan_id=run.scan.scan_id,
+            )
+            log.info("scan %s: model registered as %s", run.scan.scan_id, entry.id)
+        except (OSError, N2IError) as exc:
+            log.error("scan %s: the model could not be registered: %s", run.scan.scan_id, exc)
+
+    service.add_state_listener(listener)
