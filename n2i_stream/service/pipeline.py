@@ -77,7 +77,8 @@ class PipelineOptions:
     publish_queue: int = 8  # results waiting for the publisher before workers wait
     train_threads: int = 1  # torch threads for training (leave a core to ingest and FBP)
     infer_threads: int = 0  # torch threads for denoising (0: every core)
-    denoise_batch: int = 8  # slices per network call when denoising
+    denoise_batch: int = 16  # slices per network call when denoising
+    channels_last: bool = True  # NHWC on the CPU (faster for U-Net and DnCNN; not for MS-D)
     save_model: bool = True  # save a trained model next to the results file (.model.pt)
     join_timeout: float = 60.0  # seconds to wait for a thread at the end of a scan
 
@@ -460,10 +461,12 @@ class ScanRun:
             from ..learn import denoise_volume
 
             if self.options.infer_threads:
-                torch.set_num_threads(self.options.infer_threads)
+                torch.set_num_threads(self.options.infer_threads)  # this thread's pool
             batch = self.options.denoise_batch
+            device = next(model.network.parameters()).device
+            nhwc = self.options.channels_last and device.type == "cpu" and model.spec.name != "msd"
             while (item := self._backlog.get()) is not _END:
-                volume = denoise_volume(model, item.volume, batch=batch)
+                volume = denoise_volume(model, item.volume, batch=batch, channels_last=nhwc)
                 result = self._result(item.time_step, "denoised", volume, item.missing)
                 self._emit(result, item.last_frame_at, final=item.live)
         except Exception as exc:
