@@ -12,4 +12,5 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fbp": ("n2i_stream.bench.fbp", "FBP speed (GUPS) and accuracy against peers"),
     "ingest": ("n2i_stream.bench.ingest", "ZMQ ingest frames/s and GB/s against bare pyzmq"),
     "latency": ("n2i_stream.bench.latency", "live service latency per step at a frame rate"),
+    "scale": ("n2i_stream.bench.scale", "slab workers: FBP + denoising steps/s with 1 and 2"),
 }
