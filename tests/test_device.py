@@ -360,3 +360,29 @@ def test_a_service_that_goes_away_fails_waiting_statuses_by_address(RE, loopback
             call(lambda: complete)
     finally:
         n2i.close()
+
+
+def test_a_curve_protected_service_takes_a_device_with_keys_only(RE, tmp_path):
+    from n2i_stream.io.curve import CurveServer, generate_keys
+
+    keys = generate_keys(tmp_path / "keys", clients=("beamline",))
+    server = CurveServer(keys.server_secret, authorized_keys=keys.authorized)
+    try:
+        with Loopback(context=server.context) as lb:
+            with init_devices():
+                n2i = N2IStream(
+                    lb.control_endpoint,
+                    server_key=str(keys.server_public),
+                    client_key=str(keys.clients["beamline"]),
+                )
+            try:
+                assert run(n2i.fetch_status())["state"] == "idle"
+            finally:
+                n2i.close()
+            with pytest.raises(NotConnectedError, match="no reply"), init_devices():
+                stranger = N2IStream(lb.control_endpoint, timeout=0.3)
+            stranger.close()
+    finally:
+        server.close()
+    with pytest.raises(ConfigError, match="both server_key and client_key"):
+        N2IStream("tcp://127.0.0.1:5560", server_key=str(keys.server_public))

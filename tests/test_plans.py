@@ -451,3 +451,19 @@ def _plain_scan(scan_id: str) -> dict[str, Any]:
         "scan_id": scan_id, "rows": SIM.rows, "cols": SIM.width, "frames_per_step": P,
         "steps": T, "angle_step": 11.25, "train_steps": K, "training": TINY,
     }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_demo_drives_a_served_service_through_the_plan(capsys):
+    from n2i_plans.demo import main
+
+    status = main(
+        [
+            "--steps", "5", "--frames-per-step", "32", "--train-steps", "3", "--width", "32",
+            "--rows", "4", "--train-iterations", "6", "--frame-rate", "800",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "published denoised steps [0, 1, 2, 3, 4]" in out
+    assert "n2i-state                done" in out

@@ -28,16 +28,26 @@ Wiring into the service (callbacks run on the listener's thread; keep them short
         def on_start(self, start: ScanStart) -> None:
             service.configure(start.scan)      # start.scan is what scan_factory returned
         def on_stop(self, stop: RunStop) -> None:
-            service.stop(wait=False)
+            # A successful run's scan ends by itself once its last frames are in (they travel
+            # on the data socket and may still be on their way when the stop document comes);
+            # a run that failed or was aborted ends its scan now.
+            if stop.exit_status != "success":
+                service.abort(wait=False)
 
     listener = DocumentListener(
         DocumentListenerConfig(endpoint="tcp://proxy-host:5578"),
         Handler(),
-        scan_factory=lambda m: from_mapping(ScanConfig, m, source="start document"),
+        scan_factory=lambda m: ScanConfig.from_mapping(m, source="start document"),
     )
     listener.start()
     ...
     listener.close()
+
+Frames that arrive before ``on_start`` has configured the scan find no scan (the service counts
+them as ``frames_without_scan``): the detector should begin after the start document, as the
+plans in ``n2i_plans`` do (the start document is emitted before any frame is taken), and the
+path start document → proxy → listener → configure must be faster than the plan's first
+acquisition.
 
 An exception raised by ``scan_factory`` (e.g. ConfigError) or by a callback is logged, counted
 (``rejected_starts`` or ``callback_errors``) and kept in :attr:`DocumentListener.last_error`; the

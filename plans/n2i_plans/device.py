@@ -30,6 +30,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+import zmq
 from ophyd_async.core import (
     AsyncStatus,
     DeviceConnector,
@@ -107,7 +108,9 @@ class N2IStream(StandardReadable):
     ``configure`` (the service may load a model, open the results file and, the first time,
     import its learning code; a status request goes first, so an unreachable service is still
     reported after ``timeout``). ``poll_failures``: consecutive unanswered status requests after
-    which waiting statuses fail (a single lost reply is retried).
+    which waiting statuses fail (a single lost reply is retried). ``server_key`` and
+    ``client_key``: for a service whose control socket requires ZeroMQ CURVE, the service's
+    public key file and this client's secret key file (``n2i-stream config keys`` writes both).
     """
 
     def __init__(
@@ -118,6 +121,8 @@ class N2IStream(StandardReadable):
         timeout: float = 5.0,
         configure_timeout: float = 120.0,
         poll_failures: int = 3,
+        server_key: str | None = None,
+        client_key: str | None = None,
         name: str = "",
     ) -> None:
         problems = []
@@ -131,6 +136,8 @@ class N2IStream(StandardReadable):
             problems.append(f"configure_timeout: expected > 0 s, got {configure_timeout!r}")
         if poll_failures < 1:
             problems.append(f"poll_failures: expected >= 1, got {poll_failures!r}")
+        if (server_key is None) != (client_key is None):
+            problems.append("CURVE needs both server_key and client_key, or neither")
         if problems:
             raise ConfigError("N2IStream: " + "; ".join(problems))
         self._address = address
@@ -172,6 +179,8 @@ class N2IStream(StandardReadable):
             self.poll_period = soft_signal_rw(float, poll_period, units="s")
             self.request_timeout = soft_signal_rw(float, timeout, units="s")
             self.configure_timeout = soft_signal_rw(float, configure_timeout, units="s")
+        self._curve = (server_key, client_key) if server_key and client_key else None
+        self._context: zmq.Context | None = None  # a CURVE client context this device owns
         self._client: ControlClient | None = None
         self._scan: dict[str, Any] | None = None  # prepared, not yet sent
         self._active_scan: str | None = None  # the scan id this device started
@@ -186,7 +195,13 @@ class N2IStream(StandardReadable):
     async def _connect(self, timeout: float) -> None:
         request_timeout = await self.request_timeout.get_value()
         if self._client is None:
-            self._client = ControlClient(self._address, timeout=request_timeout)
+            if self._curve is not None and self._context is None:
+                from n2i_stream.io.curve import client_context
+
+                self._context = client_context(*self._curve)
+            self._client = ControlClient(
+                self._address, timeout=request_timeout, context=self._context
+            )
         reply = await self.request("ping", timeout=min(timeout, request_timeout))
         self._set_version(str(reply.get("version", "")))
         self._set_state(str(reply.get("state", "")))
@@ -214,6 +229,9 @@ class N2IStream(StandardReadable):
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
 
     # -- the bluesky verbs --------------------------------------------------------------------
 

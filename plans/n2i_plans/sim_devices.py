@@ -5,8 +5,9 @@ off, updating its ``position`` readback while it turns; ``speed_offset`` is what
 time steps (:mod:`n2i_plans.schedule`).
 
 :class:`SimTomoCamera` stands in for a detector with a ZMQ live stream. It owns a PUSH (or PUB)
-socket, bound on connect (``data_address`` then names the actual endpoint, e.g. the port chosen
-for ``tcp://127.0.0.1:*``); the service's data socket connects to it. Each acquisition
+socket, opened when the device connects: connected to the service's data socket, or bound
+(``data_address`` then names the actual endpoint, e.g. the port chosen for
+``tcp://127.0.0.1:*``) for a service that connects to the detector. Each acquisition
 (:class:`CameraAcquisition`: darks, flats or projections) is flown with ``prepare`` →
 ``kickoff`` → ``complete``: a thread computes the simulated foam phantom's frames
 (:class:`n2i_stream.sim.DynamicScan`: its phantom, growing bubble and detector noise) and sends
@@ -276,7 +277,9 @@ class SimTomoCamera(StandardReadable, _FlyerCollect):
     """A simulated tomography camera streaming the dynamic foam phantom over ZMQ.
 
     ``stage``: the rotation stage whose encoder triggers the projections. ``endpoint``: where the
-    data socket binds (``bind=True``, the detector's usual role) or connects. ``wire_format``:
+    data socket connects (the default is ``n2i-stream serve``'s data socket) or, with ``bind``,
+    binds (the detector's usual role, e.g. ``tcp://127.0.0.1:*``; the service then connects with
+    ``--data-connect``). ``wire_format``:
     ``n2i``, ``array-1.0`` or ``gigafrost``. ``sim``: the phantom and detector (its ``steps``,
     ``per_step``, ``n_darks`` and ``n_flats`` are replaced by each acquisition's).
     ``first_frame_id``: the detector counter's value at the first frame.
@@ -286,10 +289,10 @@ class SimTomoCamera(StandardReadable, _FlyerCollect):
         self,
         stage: SimRotationStage,
         *,
-        endpoint: str = "tcp://127.0.0.1:*",
+        endpoint: str = "tcp://127.0.0.1:5555",
         wire_format: str = "n2i",
         socket_type: Literal["push", "pub"] = "push",
-        bind: bool = True,
+        bind: bool = False,
         frame_rate: float = 100.0,
         sim: SimConfig | None = None,
         first_frame_id: int = 0,
