@@ -133,3 +133,15 @@ def test_a_pool_without_workers_says_so():
             pool.start(timeout=0.2)
     finally:
         pool.close()
+
+
+def test_bench_scale_reports_steps_per_second(capsys):
+    import json
+
+    from n2i_stream.cli import main
+
+    args = ["--rows=4", "--size=16", "--angles=8", "--steps=1", "--repeat=1", "--workers=1"]
+    assert main(["bench", "scale", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in report["results"]] == ["in-process", "1 worker"]
+    assert all(r["steps_per_s"] > 0 for r in report["results"])

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         model = _model(Path(tmp), context)
-        modes: list[tuple[str, int]] = [("in-process", 0), *((f"{w} workers", w) for w in counts)]
+        labels = [(f"{w} worker" + ("s" if w > 1 else ""), w) for w in counts]
+        modes: list[tuple[str, int]] = [("in-process", 0), *labels]
         for label, workers in modes:
             best = min(
                 _in_process(projections, geometry, args.size, model, args.steps)
