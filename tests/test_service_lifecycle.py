@@ -17,10 +17,13 @@ import h5py
 import numpy as np
 import pytest
 
+from n2i_stream.errors import ServiceError
+from n2i_stream.io.memory_source import MemoryFrameSource
 from n2i_stream.learn import TrainConfig, save_checkpoint, train_dynamic
 from n2i_stream.service.control import ControlClient
 from n2i_stream.service.loopback import Loopback
 from n2i_stream.service.pipeline import PipelineOptions
+from n2i_stream.service.service import N2IService
 from n2i_stream.service.sinks import StepResult
 from n2i_stream.sim.scan import DynamicScan, SimConfig, SimFrame
 from n2i_stream.sim.stream import StreamStats, frame_messages, scan_config_for, stream
@@ -327,3 +330,33 @@ def test_sigterm_mid_scan_closes_the_file_with_every_received_step(frames, tmp_p
     missing = dict(zip(f["time_step"].tolist(), f["missing_frames"].tolist(), strict=True))
     assert missing[3] == SIM.per_step - 5
     assert np.isfinite(f["fbp"]).all()
+
+
+class DyingSource(MemoryFrameSource):
+    """An in-memory source whose receive thread 'dies' when ``die`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(buffers=8, buffer_bytes=1 << 12)
+        self.die = threading.Event()
+
+    def recv(self, timeout: float | None = None):
+        if self.die.is_set():
+            raise ServiceError("the frame receive thread failed: injected")
+        return super().recv(timeout)
+
+
+def test_a_dead_frame_source_fails_the_scan_with_the_reason(frames, tmp_path):
+    source = DyingSource()
+    service = N2IService(source, options=PipelineOptions(infer_threads=1))
+    with service:
+        service.configure(scan(tmp_path, train_minutes=10.0))
+        for f in frames[: PREFIX + 30]:
+            assert source.push(f.data, frame_id=f.frame, kind=f.kind, angle=f.angle, timeout=10)
+        wait_until(lambda: service.status()["steps"]["published_fbp"] == 1)
+        source.die.set()
+        assert service.wait_for({"failed"}, timeout=30) == "failed"
+        assert "frame source failed" in service.status()["reason"]
+        with pytest.raises(ServiceError, match="cannot take scans"):
+            service.configure(scan(tmp_path, scan_id="again", output=None))
+    f = results_file(tmp_path / "results.h5")
+    assert f["time_step"].tolist() == [0]  # the complete step, written before the failure

@@ -28,6 +28,8 @@ unknown command, unknown keys or wrong types give ``ConfigError``; the service i
     and written; the file is closed; state → ``done`` with reason ``"stopped"``. Replies
     ``{"ok": true, "state": S, "scan_id": ID}`` once done, or at once with ``"wait": false``.
     ``timeout`` (seconds) turns a longer wait into a ``ServiceError`` reply (the stop goes on).
+    A scan also ends by itself (state ``done``, reason null) once every time step has been
+    completed; when frames of the last steps were lost, the plan's ``stop`` ends it.
 ``{"command": "abort", "wait": true, "timeout": null}``
     Drops queued and in-flight work and closes the file (what was written stays valid);
     state → ``done`` with reason ``"aborted"``. Replies like ``stop``.

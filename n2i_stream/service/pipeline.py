@@ -77,6 +77,7 @@ class PipelineOptions:
     publish_queue: int = 8  # results waiting for the publisher before workers wait
     train_threads: int = 1  # torch threads for training (leave a core to ingest and FBP)
     infer_threads: int = 0  # torch threads for denoising (0: every core)
+    fbp_threads: int = 0  # numba threads for the FBP of each step (0: numba's default)
     denoise_batch: int = 16  # slices per network call when denoising
     channels_last: bool = True  # NHWC on the CPU (faster for U-Net and DnCNN; not for MS-D)
     save_model: bool = True  # save a trained model next to the results file (.model.pt)
@@ -89,8 +90,8 @@ class PipelineOptions:
         for name in ("queue_steps", "max_backlog", "publish_queue", "denoise_batch"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if self.train_threads < 0 or self.infer_threads < 0:
-            problems.append("train_threads and infer_threads: expected >= 0 (0: every core)")
+        if min(self.train_threads, self.infer_threads, self.fbp_threads) < 0:
+            problems.append("train/infer/fbp threads: expected >= 0 (0: the library's default)")
         if problems:
             raise ConfigError("pipeline options: " + "; ".join(problems))
 
@@ -308,6 +309,10 @@ class ScanRun:
 
     def _reconstruct_loop(self) -> None:
         try:
+            if self.options.fbp_threads:
+                import numba
+
+                numba.set_num_threads(self.options.fbp_threads)  # for this thread only
             while (item := self._steps.get()) is not _END:
                 if item is _WINDOW:
                     self._start_training()

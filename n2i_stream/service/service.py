@@ -79,6 +79,7 @@ class N2IService:
         self._started = False
         self._closed = False
         self._fatal: str | None = None
+        self._ingest_ended = False
         self._no_scan = 0
         self._rates: deque[tuple[float, int, int]] = deque(maxlen=RATE_SAMPLES)
         self._journal = journal
@@ -172,7 +173,7 @@ class N2IService:
         if run is None or run.done:
             return self._machine.state
         run.request_stop()
-        self._commands.put(("finish", run))
+        self._finish_input(run)
         if wait and not run.wait(timeout):
             raise ServiceError(f"scan {run.scan.scan_id!r} did not finish within {timeout} s")
         return self._machine.state
@@ -183,10 +184,19 @@ class N2IService:
         if run is None or run.done:
             return self._machine.state
         run.abort("aborted")
-        self._commands.put(("finish", run))
+        self._finish_input(run)
         if wait and not run.wait(timeout):
             raise ServiceError(f"scan {run.scan.scan_id!r} did not end within {timeout} s")
         return self._machine.state
+
+    def _finish_input(self, run: ScanRun) -> None:
+        """End the scan's input on the ingest thread (after filing what the source holds), or
+        here when that thread is gone (the frame source failed)."""
+        with self._lock:
+            if not self._ingest_ended:
+                self._commands.put(("finish", run))  # taken by the loop or its last words
+                return
+        run.finish_input()
 
     def close(self, timeout: float | None = 60.0) -> None:
         """Stop a running scan (drained), stop the source, join every thread, close the sinks."""
@@ -360,6 +370,8 @@ class N2IService:
             else:
                 self._machine.move("failed", self._fatal, only_from={"idle", "done", "failed"})
         finally:
+            with self._lock:
+                self._ingest_ended = True
             self._run_commands()
 
     def _file(self, frame: Any) -> None:
