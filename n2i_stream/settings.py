@@ -117,7 +117,7 @@ class ResultsSettings(ZmqSinkConfig):
 
 
 #: PipelineOptions keys that live in [devices] rather than [pipeline]
-DEVICE_KEYS = ("train_threads", "infer_threads")
+DEVICE_KEYS = ("train_threads", "infer_threads", "fbp_threads")
 
 
 def _pipeline_options(self: Any, devices: DevicesSettings) -> Any:
@@ -125,9 +125,7 @@ def _pipeline_options(self: Any, devices: DevicesSettings) -> Any:
     from .service.pipeline import PipelineOptions
 
     return PipelineOptions(
-        **dataclasses.asdict(self),
-        train_threads=devices.train_threads,
-        infer_threads=devices.infer_threads,
+        **dataclasses.asdict(self), **{key: getattr(devices, key) for key in DEVICE_KEYS}
     )
 
 
@@ -166,12 +164,13 @@ class DevicesSettings:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     train_threads: int = 1  # torch threads for training (leave cores to ingest and FBP)
     infer_threads: int = 0  # torch threads for denoising (0: every core)
+    fbp_threads: int = 0  # numba threads for each step's FBP (0: numba's default)
 
     def __post_init__(self) -> None:
-        if self.train_threads < 0 or self.infer_threads < 0:
+        counts = [getattr(self, key) for key in DEVICE_KEYS]
+        if min(counts) < 0:
             raise ConfigError(
-                f"train_threads, infer_threads: expected >= 0 (0: every core), got "
-                f"{self.train_threads}, {self.infer_threads}"
+                f"{', '.join(DEVICE_KEYS)}: expected >= 0 (0: every core), got {counts}"
             )
 
 

@@ -198,10 +198,10 @@ def test_scan_defaults_fill_what_a_request_leaves_out(tmp_path):
     assert s.scan({**request, "output": "/abs/x.h5"})["output"] == "/abs/x.h5"
 
 
-def test_pipeline_settings_are_every_pipeline_option_but_the_threads():
+def test_pipeline_and_devices_settings_are_every_pipeline_option():
     ours = {f.name for f in dataclasses.fields(PipelineSettings)}
     theirs = {f.name for f in dataclasses.fields(PipelineOptions)}
-    assert theirs == ours | {"train_threads", "infer_threads"}
+    assert theirs == ours | {"train_threads", "infer_threads", "fbp_threads"}
     options = load_settings(env={}, overrides={"pipeline.max_backlog": 7}).pipeline_options()
     assert options == PipelineOptions(max_backlog=7)
     with pytest.raises(ConfigError, match=r"\[pipeline\].*max_backlog: expected >= 1"):
