@@ -317,6 +317,11 @@ def test_sigterm_mid_scan_closes_the_file_with_every_received_step(frames, tmp_p
             stream(frame_messages(part, "n2i"), ready["data"])
             wait_until(lambda: client.call("status")["status"]["counters"]["received"] == len(part))
             wait_until(lambda: client.call("status")["status"]["state"] == "training")
+            wait_until(lambda: client.call("status")["status"]["steps"]["published_fbp"] == K)
+            # the file is readable from this process while the service process writes it
+            with h5py.File(output, "r", libver="latest", swmr=True) as live:
+                assert sorted(live["/reconstruction/time_step"][()].tolist()) == list(range(K))
+                assert np.isfinite(live["/reconstruction/fbp"][()]).all()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

@@ -112,6 +112,8 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> DemoR
         sender.join()
         status = service.status()
         say(_progress_line(status, time.monotonic() - started))
+        sent = lb.results_sink.sent  # the last messages may still be on their way
+        subscriber.wait_for(lambda results: len(results) >= sent, timeout=30)
         received = len(subscriber.results)
     if state != "done":
         raise ServiceError(f"the demo scan ended in state {state}: {status['reason']}")
