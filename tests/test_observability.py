@@ -213,3 +213,75 @@ def test_metrics_move_while_a_simulated_scan_runs(tmp_path):
     assert sample(after, "n2i_step_latency_seconds_bucket", kind="fbp", le="+Inf") == SIM.steps
     assert sample(after, "process_resident_memory_bytes") > 0
     assert sample(after, "n2i_scans_total") == 1
+
+
+def test_operations_wire_the_settings_into_a_running_service(tmp_path):
+    import zmq
+
+    from n2i_stream.io.curve import client_context, generate_keys
+    from n2i_stream.io.zmq_sink import ZmqResultSink
+    from n2i_stream.io.zmq_source import ZmqFrameSource
+    from n2i_stream.learn.registry import ModelRegistry
+    from n2i_stream.service.control import ControlClient, ControlHandler, ControlServer
+    from n2i_stream.service.operations import Operations
+    from n2i_stream.service.resume import ScanJournal
+    from n2i_stream.service.service import N2IService
+    from n2i_stream.settings import load_settings
+
+    keys = generate_keys(tmp_path / "keys", clients=("bluesky",))
+    settings = load_settings(
+        env={},
+        overrides={
+            "data.endpoint": "tcp://127.0.0.1:*", "control.endpoint": "tcp://127.0.0.1:*",
+            "results.endpoint": "tcp://127.0.0.1:*", "control.curve": True,
+            "security.server_secret_key": str(keys.server_secret),
+            "security.authorized_keys": str(keys.authorized),
+            "metrics.enabled": True, "metrics.port": 0, "metrics.interval_s": 0.05,
+            "state.directory": str(tmp_path / "state"),
+            "registry.directory": str(tmp_path / "models"), "registry.detector": "sim",
+            "output.directory": str(tmp_path), "output.write_by_default": True,
+            "devices.infer_threads": 1,
+        },
+    )  # fmt: skip
+    ops = Operations(settings, logging_setup=False)
+    ctx = zmq.Context()
+    source = ZmqFrameSource(settings.data, context=ops.context("data", ctx))
+    service = N2IService(source, options=settings.pipeline_options(), journal=ops.journal)
+    results = ZmqResultSink(settings.results, context=ops.context("results", ctx))
+    service.add_sink(results)
+    ops.attach(service)
+    service.start()
+    control = ControlServer(
+        settings.control.endpoint, ControlHandler(service), context=ops.context("control", ctx)
+    )
+    control.start()
+    client_ctx = client_context(keys.server_public, keys.clients["bluesky"])
+    try:
+        ops.start()
+        assert ops.resume(service) is None
+        client = ControlClient(str(control.endpoint), context=client_ctx, timeout=30)
+        scan = scan_config_for(SIM, scan_id="ops", train_steps=3, train_iterations=3, training=TINY)
+        client.call("configure", scan=settings.scan(scan))
+        frames = list(DynamicScan(SIM).frames())
+        stream(frame_messages(frames, "n2i"), source.endpoint, context=ctx)
+        assert service.wait_for({"done", "failed"}, timeout=60) == "done"
+        exporter = ops.exporter
+        exporter.poll()
+        scrape = fetch(exporter.url + "/metrics")[1]
+        assert sample(scrape, "n2i_frames_received_total") == len(frames)
+        assert fetch(exporter.url + "/healthz")[0] == 200
+        client.close()
+    finally:
+        service.close()
+        control.close()
+        results.close()
+        client_ctx.term()
+        ops.close()
+        ctx.term()
+    assert (tmp_path / "ops.h5").exists()  # the output directory's default name
+    (record,) = ScanJournal(tmp_path / "state").records()
+    assert (record.state, record.reason, record.model) == (
+        "finished", "done", str(tmp_path / "ops.model.pt"),
+    )  # fmt: skip
+    (entry,) = ModelRegistry(tmp_path / "models").entries()
+    assert (entry.scan_id, entry.key.detector) == ("ops", "sim")
