@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results", default="tcp://127.0.0.1:5561", metavar="ENDPOINT", help="(%(default)s)"
     )
-    parser.add_argument("--scan", type=Path, help="configure this scan (JSON file) at start")
+    parser.add_argument(
+        "--scan", type=Path, metavar="FILE", help="configure this scan (JSON file) at start"
+    )
     parser.add_argument(
         "--exit-when-done", action="store_true", help="end when the --scan scan ends"
     )
@@ -52,18 +54,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="block",
         help="reconstruction behind: back-pressure, or drop the oldest step (%(default)s)",
     )
-    parser.add_argument("--queue-steps", type=int, default=4, help="steps queued at most (4)")
-    parser.add_argument("--train-threads", type=int, default=1, help="torch threads (1)")
-    parser.add_argument("--infer-threads", type=int, default=0, help="0: every core (0)")
+    parser.add_argument(
+        "--queue-steps", type=int, default=4, metavar="N", help="steps queued at most (4)"
+    )
+    parser.add_argument(
+        "--train-threads", type=int, default=1, metavar="N", help="torch threads (1)"
+    )
+    parser.add_argument(
+        "--infer-threads", type=int, default=0, metavar="N", help="0: every core (0)"
+    )
     parser.add_argument(
         "--buffer-bytes",
         type=int,
         default=2048 * 2048 * 2,
+        metavar="BYTES",
         help="largest frame accepted, bytes (%(default)s)",
     )
-    parser.add_argument("--buffers", type=int, default=64, help="frames queued at most (64)")
     parser.add_argument(
-        "--angle-attribute", help="ADZMQ ndattr entry carrying the angle (array-1.0), if any"
+        "--buffers", type=int, default=64, metavar="N", help="frames queued at most (64)"
+    )
+    parser.add_argument(
+        "--angle-attribute",
+        metavar="NAME",
+        help="ADZMQ ndattr entry carrying the angle (array-1.0), if any",
     )
     parser.add_argument(
         "--dashboard",
