@@ -39,7 +39,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,6 +148,8 @@ class ScanRun:
     ``sinks`` are the service's result sinks (kept open after the scan); ``file_sink`` is the
     scan's results file (closed at the end of the scan). ``model`` is a denoiser loaded from the
     scan's ``model`` checkpoint (training is then skipped). State changes go to ``state``.
+    ``skip_steps`` are steps a resumed scan has on disk already: their frames, should they come
+    again, are not reconstructed again (counted in ``steps_on_disk``).
     """
 
     def __init__(
@@ -159,8 +161,10 @@ class ScanRun:
         sinks: Sequence[ResultSink] = (),
         file_sink: ResultsFileSink | None = None,
         model: Denoiser | None = None,
+        skip_steps: Collection[int] = (),
     ) -> None:
         self.scan = scan
+        self._skip = frozenset(skip_steps)
         self.options = options
         self.assembler = Assembler(scan.assembly)
         self.training = TrainingProgress()
@@ -206,6 +210,7 @@ class ScanRun:
         self.published = {"fbp": 0, "denoised": 0}
         self.last_published: int | None = None
         self.steps_failed = 0
+        self.steps_on_disk = 0
         self.clipped = 0
         self._latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         self._latency_max: float | None = None
@@ -329,6 +334,10 @@ class ScanRun:
 
     def _reconstruct(self, step: TimeStep) -> None:
         scan = self.scan
+        if step.index in self._skip:
+            step.release()
+            self.steps_on_disk += 1
+            return
         angles, missing, last_at = step.angles, int(step.missing_ids.size), step.last_frame_at
         try:
             corrected = step.line_integrals()
@@ -577,6 +586,7 @@ class ScanRun:
             "dropped_overload": self._steps.dropped,
             "backlog_dropped": self._backlog.dropped,
             "failed": self.steps_failed,
+            "on_disk": self.steps_on_disk,
         }
 
     def latency_status(self) -> dict[str, float | None]:

@@ -148,6 +148,7 @@ class N2IService:
                     sinks=self._sinks,
                     file_sink=file_sink,
                     model=model,
+                    skip_steps=resume.skip_steps if resume is not None else (),
                 )
             except BaseException as exc:
                 if file_sink is not None:
@@ -432,4 +433,5 @@ _NO_STEPS: dict[str, Any] = {
     "dropped_overload": 0,
     "backlog_dropped": 0,
     "failed": 0,
+    "on_disk": 0,
 }
