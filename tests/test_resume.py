@@ -360,3 +360,43 @@ def test_a_killed_service_resumes_its_scan_from_disk(tmp_path, processes):
     assert resume_unfinished(ScanJournal(tmp_path / "state")) is None
     (entry,) = ModelRegistry(tmp_path / "models").entries()  # trained once, registered once
     assert (entry.scan_id, entry.key.detector, entry.iterations) == ("r1", "sim", 4)
+
+
+def test_a_resumed_scan_does_not_redo_the_steps_on_disk(tmp_path):
+    from n2i_stream.learn import save_checkpoint
+    from n2i_stream.service.loopback import Loopback
+    from n2i_stream.service.pipeline import PipelineOptions
+
+    model = save_checkpoint(tiny_denoiser(), tmp_path / "r1.model.pt")
+    config = scan(tmp_path, model=str(model))
+    marker = {s: np.full(SHAPE, -s - 1.0, dtype=np.float32) for s in range(3)}
+    with LiveResultsWriter(
+        config.output, rows=SIM.rows, n=SIM.width, kinds=("fbp", "denoised")
+    ) as writer:  # what a killed run had written: steps 0-2, step 2 not denoised yet
+        for step, data in marker.items():
+            writer.write_result("fbp", step, data, missing_frames=0)
+            if step < 2:
+                writer.write_step("denoised", step, data)
+    journal = ScanJournal(tmp_path / "state")
+    journal.begin(config)
+    plan = resume_unfinished(journal)
+    assert plan is not None
+    assert plan.skip_steps == {0, 1, 2}
+    frames = list(DynamicScan(SIM).frames())
+    with Loopback(options=PipelineOptions(infer_threads=1)) as lb:
+        lb.service.configure(plan.scan, resume=plan)
+        stream(frame_messages(frames, "n2i"), lb.data_endpoint, context=lb.context)  # a replay
+        assert lb.service.wait_for({"done", "failed"}, timeout=60) == "done"
+        steps = lb.service.status()["steps"]
+    assert steps["on_disk"] == 3
+    assert (steps["published_fbp"], steps["published_denoised"]) == (3, 3)
+    content = read_results(config.output)
+    assert content.order == (0, 1, 2, 3, 4, 5)
+    assert content.whole == {"fbp": set(range(6)), "denoised": set(range(6))}
+    with h5py.File(config.output, "r") as f:
+        for step, data in marker.items():
+            np.testing.assert_array_equal(f["reconstruction/fbp"][step], data)  # kept as it was
+        backfilled = f["reconstruction/denoised"][2]
+    np.testing.assert_allclose(
+        backfilled, denoise_volume(load_checkpoint(model), marker[2]), rtol=1e-5, atol=1e-6
+    )

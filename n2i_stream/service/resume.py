@@ -394,8 +394,12 @@ class ResumePlan:
 
     @property
     def skip_steps(self) -> frozenset[int]:
-        """Steps not to reconstruct again: their FBP is on disk."""
-        return self.done.get("fbp", frozenset())
+        """Steps not to reconstruct again should their frames come again: their FBP is on
+        disk. Without a model the training steps are reconstructed again, to train on."""
+        on_disk = self.done.get("fbp", frozenset())
+        if self.scan.model is None:
+            return frozenset(s for s in on_disk if s >= self.scan.train_steps)
+        return on_disk
 
     @property
     def backfill(self) -> tuple[int, ...]:
@@ -403,7 +407,7 @@ class ResumePlan:
         if self.scan.model is None:
             return ()
         denoised = self.done.get("denoised", frozenset())
-        return tuple(s for s in sorted(self.skip_steps) if s not in denoised)
+        return tuple(s for s in sorted(self.done.get("fbp", ())) if s not in denoised)
 
     def open_results(
         self, model: Denoiser | None = None, *, batch: int = 8
@@ -440,7 +444,7 @@ class ResumePlan:
         )  # fmt: skip
 
     def describe(self) -> str:
-        fbp, denoised = self.skip_steps, self.done.get("denoised", frozenset())
+        fbp, denoised = self.done.get("fbp", frozenset()), self.done.get("denoised", frozenset())
         model = f"model {self.scan.model}" if self.scan.model else "no trained model"
         return (
             f"scan {self.scan.scan_id!r}: {len(fbp)} of {self.scan.steps} steps on disk "
