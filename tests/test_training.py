@@ -155,6 +155,17 @@ def test_resume_and_fine_tune(rng, tmp_path):
     tuned = fit(new, config, strategy="static", geometry=GEOMETRY, init=loaded)
     assert tuned.iteration == 2
     assert tuned.normalisation == first.normalisation
+    with pytest.raises(ModelError, match="1 data channels, the training data 3"):
+        fit(
+            [(np.stack([a] * 3), np.stack([b] * 3)) for a, b in new],
+            config,
+            strategy="xrdct",
+            geometry=GEOMETRY,
+            channels=3,
+            init=loaded,
+        )
+    with pytest.raises(ConfigError, match="resume"):
+        fit(pairs, config, strategy="static", geometry=GEOMETRY, resume=True)
 
 
 def test_dynamic_needs_two_steps():

@@ -17,7 +17,7 @@ import torch
 from ..errors import DataError
 from .device import from_torch, to_torch
 from .model import Denoiser
-from .patches import context_stack, pad_slices
+from .patches import context_stack
 
 __all__ = ["denoise_split_average", "denoise_volume", "tile_starts"]
 
@@ -54,6 +54,16 @@ def _apply_tiled(
     return out
 
 
+def _slab(volume: Any, z0: int, z1: int, context: int, device: torch.device) -> torch.Tensor:
+    """Slices ``z0 - context .. z1 + context`` of ``(C, Z, n, n)`` as a tensor, the volume's
+    end slices repeated beyond its ends; only this slab is copied to ``device``."""
+    slices = volume.shape[1]
+    lo, hi = max(0, z0 - context), min(slices, z1 + context)
+    slab = to_torch(volume[:, lo:hi], device)
+    wanted = torch.arange(z0 - context, z1 + context, device=device).clamp(0, slices - 1) - lo
+    return slab.index_select(1, wanted)
+
+
 @torch.no_grad()
 def denoise_volume(
     denoiser: Denoiser,
@@ -68,42 +78,48 @@ def denoise_volume(
     """Denoise a reconstruction ``(slices, n, n)`` (or ``(channels, slices, n, n)``).
 
     Slices go through the network ``batch`` at a time, each with its 2.5D context (ends
-    edge-replicated); with ``tile`` set, slices larger than ``tile`` are cut into overlapping
-    tiles. ``precision="bfloat16"`` runs under autocast. Returns the input's array type.
+    edge-replicated); only the slab a batch needs is copied to the network's device, so the
+    volume may exceed its memory. With ``tile`` set, slices larger than ``tile`` are cut into
+    overlapping tiles. ``precision="bfloat16"`` runs under autocast. Returns a float32 array of
+    the input's type (NumPy, CuPy or torch).
     """
     network = denoiser.network.eval()
     device = next(network.parameters()).device
-    vol = to_torch(volume, device)
-    squeeze = vol.ndim == 3
+    c, context = denoiser.channels, denoiser.context
+    shape = tuple(volume.shape)
+    squeeze = len(shape) == 3
     if squeeze:
-        vol = vol[None]
-    c = denoiser.channels
-    if vol.ndim != 4 or vol.shape[0] != c:
+        volume = volume[None]
+    if volume.ndim != 4 or volume.shape[0] != c:
         raise DataError(
-            f"expected a volume (slices, n, n) or ({c} channels, slices, n, n), "
-            f"got shape {tuple(vol.shape)}"
+            f"expected a volume (slices, n, n) or ({c} channels, slices, n, n), got shape {shape}"
         )
+    on_gpu = (isinstance(volume, torch.Tensor) and volume.is_cuda) or type(
+        volume
+    ).__module__.startswith("cupy")
+    out = torch.empty(tuple(volume.shape), dtype=torch.float32, device=device if on_gpu else "cpu")
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
     m, s = denoiser.normalisation.mean, denoiser.normalisation.std
-    padded = pad_slices((vol - m) / s, denoiser.context)
-    out = torch.empty_like(vol)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if precision == "bfloat16"
         else nullcontext()
     )
-    slices = vol.shape[1]
-    with autocast:
-        for z0 in range(0, slices, batch):
-            zs = range(z0, min(z0 + batch, slices))
-            x = torch.stack([context_stack(padded, z, denoiser.context) for z in zs])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = _apply_tiled(network, x, c, tile, overlap)
-            out[:, z0 : z0 + len(zs)] = y.float().transpose(0, 1) * s + m
-    if channels_last:
-        network.to(memory_format=torch.contiguous_format)
+    slices = volume.shape[1]
+    try:
+        with autocast:
+            for z0 in range(0, slices, batch):
+                z1 = min(z0 + batch, slices)
+                slab = (_slab(volume, z0, z1, context, device) - m) / s
+                x = torch.stack([context_stack(slab, z, context) for z in range(z1 - z0)])
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = _apply_tiled(network, x, c, tile, overlap)
+                out[:, z0:z1] = (y.float() * s + m).transpose(0, 1).to(out.device)
+    finally:
+        if channels_last:
+            network.to(memory_format=torch.contiguous_format)
     return from_torch(out[0] if squeeze else out, volume)
 
 

@@ -76,7 +76,7 @@ class CropSampler:
         context: int,
         crop: int,
         normalisation: Normalisation,
-        seed: int,
+        seed: int | tuple[int, ...],
     ) -> None:
         if not pairs:
             raise DataError("no training pairs")
@@ -94,7 +94,7 @@ class CropSampler:
         self.inputs = [pad_slices((inp - m) / s, self.context) for inp, _ in pairs]
         self.targets = [(tgt - m) / s for _, tgt in pairs]
         self.slices = shape[1]
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed if isinstance(seed, int) else list(seed))
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``size`` samples: inputs ``(B, C·(2c+1), crop, crop)``, targets ``(B, C, crop,

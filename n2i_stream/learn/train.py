@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DataError, TrainingError
+from ..errors import ConfigError, DataError, ModelError, TrainingError
 from .config import TrainConfig
 from .device import resolve_device, threads, to_torch
 from .model import Denoiser
@@ -82,6 +82,8 @@ def fit(
     normalisation are kept); ``resume=True`` also restores its optimiser state and continues
     its iteration count. Raises :class:`TrainingError` when the loss stops being finite.
     """
+    if resume and init is None:
+        raise ConfigError("resume=True needs the model to resume from (init)")
     device = resolve_device(config.device)
     with threads(config.threads):
         torch.manual_seed(config.seed)
@@ -100,6 +102,11 @@ def fit(
             norm = Normalisation.of([v for v, _ in volumes])
             context, start, history, seconds = config.context, 0, [], 0.0
         else:
+            if init.channels != channels:
+                raise ModelError(
+                    f"the model to continue from has {init.channels} data channels, "
+                    f"the training data {channels}"
+                )
             spec, norm, context = init.spec, init.normalisation, init.context
             network = build_network(spec).to(device)
             network.load_state_dict(init.network.state_dict())
@@ -114,16 +121,29 @@ def fit(
                 width=spec.width,
                 context=context,
             )
+        # A resumed run draws new crops: its sampler is keyed by the iteration it starts at.
         sampler = CropSampler(
-            volumes, context=context, crop=config.crop, normalisation=norm, seed=config.seed
+            volumes,
+            context=context,
+            crop=config.crop,
+            normalisation=norm,
+            seed=(config.seed, start),
         )
         if _use_channels_last(spec.name, device):
             network = network.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
         if resume and init is not None and init.optimizer_state is not None:
             optimizer.load_state_dict(init.optimizer_state)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr
         network.train()
-        done, clock = _loop(network, optimizer, sampler, config, start, history, progress)
+        try:
+            done, clock = _loop(network, optimizer, sampler, config, start, history, progress)
+        except torch.OutOfMemoryError as exc:
+            raise TrainingError(
+                f"out of {device.type} memory with batch {config.batch} of {config.crop}² crops; "
+                "lower batch or crop"
+            ) from exc
         network = network.to(memory_format=torch.contiguous_format).eval()
     return Denoiser(
         network=network,
