@@ -286,13 +286,17 @@ class N2IStream(StandardReadable):
             self._publish(status)
 
     async def end_scan(self, wait: bool = True) -> None:
-        """Ask the service to stop (drain) its scan: what arrived is processed and written."""
-        await self.request("stop", wait=wait)
+        """Ask the service to stop (drain) its scan: what arrived is processed and written.
+
+        With ``wait``, returns once the scan is done (within ``configure_timeout``).
+        """
+        timeout = await self.configure_timeout.get_value()
+        await self.request("stop", wait=wait, timeout=timeout)
         await self.fetch_status()
 
     async def abort_scan(self) -> None:
         """Ask the service to abort its scan (in-flight work dropped; files stay valid)."""
-        await self.request("abort")
+        await self.request("abort", timeout=await self.configure_timeout.get_value())
         await self.fetch_status()
 
     async def stop(self, success: bool = True) -> None:
