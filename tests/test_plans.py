@@ -291,7 +291,7 @@ def test_angles_that_miss_a_half_turn_are_refused_before_anything_moves(offline_
         next(static_tomo_scan(camera, stage, n2i, frames_per_turn=P, sections=1))
 
 
-def test_the_service_rejects_nothing_the_plan_let_through(offline_devices):
+def test_a_scan_the_service_would_refuse_is_refused_before_anything_moves(offline_devices):
     camera, stage, n2i = offline_devices
     plan = dynamic_tomo_scan(
         camera, stage, n2i, time_steps=T, frames_per_step=P, train_steps=K, network="resnet"
