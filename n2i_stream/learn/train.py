@@ -127,7 +127,7 @@ def fit(
             context=context,
             crop=config.crop,
             normalisation=norm,
-            seed=(config.seed, start),
+            seed=(config.seed, start) if start else config.seed,
         )
         if _use_channels_last(spec.name, device):
             network = network.to(memory_format=torch.channels_last)
