@@ -12,9 +12,11 @@ precedes each measurement.
 Reported per run: the rate reached by the sender (PUSH back-pressure slows it when the service
 falls behind), the latency of each step (its last frame received → its denoised volume
 published: median, p90, max) and the most steps waiting at once (``backlog``). A run *keeps up*
-when the sender reached 95 % of the rate, every step was denoised and published, and latency did
-not grow over the scan (the last quarter's median within 2 × the first quarter's + 0.25 s).
-``--find-max`` searches the highest rate that keeps up (doubling, then bisecting).
+when the sender reached 95 % of the rate, every step was denoised and published, no more than
+``MAX_BACKLOG`` steps ever waited, and latency did not grow over the scan (the last quarter's
+median within 2 × the first quarter's + 0.25 s). ``--find-max`` searches the highest rate that
+keeps up (doubling, then bisecting). On a shared machine other work slows runs at random:
+``--repeat N`` measures each rate N times and keeps the best run (the least disturbed).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ HELP = "live service latency (last frame → denoised published) at a frame rate
 
 _SIM = {"width": 128, "rows": 16, "per_step": 120, "supersample": 2}
 _K = 4  # training steps
+MAX_BACKLOG = 3  # steps waiting at once beyond which a run does not keep up
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=600.0, help="frames per second (600)")
     parser.add_argument("--steps", type=int, default=30, help="time steps per run (30)")
     parser.add_argument("--find-max", action="store_true", help="search the highest rate kept")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per rate, best kept (1)")
     parser.add_argument("--model", type=Path, help="checkpoint to use (else train one first)")
     parser.add_argument(
         "--train-minutes", type=float, default=0.5, help="training budget without --model (0.5)"
@@ -55,8 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
-    if args.rate <= 0 or args.steps < _K + 2 or args.train_minutes <= 0:
-        raise ConfigError(f"expected --rate > 0, --steps >= {_K + 2}, --train-minutes > 0")
+    if args.rate <= 0 or args.steps < _K + 2 or args.train_minutes <= 0 or args.repeat < 1:
+        raise ConfigError(
+            f"expected --rate > 0, --steps >= {_K + 2}, --train-minutes > 0, --repeat >= 1"
+        )
     with tempfile.TemporaryDirectory(prefix="n2i-bench-latency-") as tmp:
         bench = LatencyBench(args, Path(tmp))
         try:
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             if args.find_max:
                 results = bench.find_max(model, start=args.rate)
             else:
-                results = [bench.measure(model, args.rate)]
+                results = [bench.best(model, args.rate)]
         finally:
             bench.close()
     if args.json:
@@ -183,6 +189,11 @@ class LatencyBench:
             latencies = service.run.latencies() if service.run is not None else []
         return _summary(rate, sent, state, status, latencies, max(backlog), self.sim.steps)
 
+    def best(self, model: Path, rate: float) -> dict[str, Any]:
+        """The best of ``--repeat`` runs at ``rate``: one that keeps up, with the lowest median."""
+        runs = [self.measure(model, rate) for _ in range(self.args.repeat)]
+        return min(runs, key=lambda r: (not r["keeps_up"], r["latency_median_s"]))
+
     def find_max(self, model: Path, *, start: float) -> list[dict[str, Any]]:
         """Results of every rate tried: doubling from ``start`` until a run fails, then
         bisecting (to within 5 %) between the best rate kept and the first one lost."""
@@ -190,7 +201,7 @@ class LatencyBench:
         good, bad = 0.0, None
         rate = start
         while bad is None or bad - good > 0.05 * bad:
-            r = self.measure(model, rate)
+            r = self.best(model, rate)
             results.append(r)
             if r["keeps_up"]:
                 good = rate
@@ -234,6 +245,7 @@ def _summary(
         "keeps_up": state == "done"
         and denoised == steps
         and reached >= 0.95 * rate
+        and backlog <= MAX_BACKLOG
         and not growing,
     }
 

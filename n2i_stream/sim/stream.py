@@ -183,7 +183,7 @@ def frame_messages(
         kind = None if fmt == "array-1.0" else f.kind
         return uid, frame_message(fmt, wire_id, f.data, kind=kind, angle=angle)  # type: ignore[arg-type]
 
-    def flush(batch: list[Message]) -> Iterator[Message]:
+    def flush(batch: list[Message]) -> Iterator[Outgoing]:
         nonlocal bad_left, bad_kind
         if faults.shuffle > 1:
             order = rng.permutation(len(batch))
