@@ -73,7 +73,8 @@ class PipelineOptions:
 
     overload: OverloadPolicy = "block"  # steps queue full: wait ("block") or "drop_oldest" step
     queue_steps: int = 4  # assembled steps waiting for the reconstruction worker, at most
-    max_backlog: int = 256  # FBP volumes kept for the denoiser (oldest dropped beyond)
+    max_backlog: int = 256  # FBP volumes kept for the denoiser (oldest dropped beyond) ...
+    backlog_bytes: int = 2 << 30  # ... and no more than this much memory of them
     publish_queue: int = 8  # results waiting for the publisher before workers wait
     train_threads: int = 1  # torch threads for training (leave a core to ingest and FBP)
     infer_threads: int = 0  # torch threads for denoising (0: every core)
@@ -87,7 +88,13 @@ class PipelineOptions:
         problems = []
         if self.overload not in ("block", "drop_oldest"):
             problems.append(f"overload: expected 'block' or 'drop_oldest', got {self.overload!r}")
-        for name in ("queue_steps", "max_backlog", "publish_queue", "denoise_batch"):
+        for name in (
+            "queue_steps",
+            "max_backlog",
+            "backlog_bytes",
+            "publish_queue",
+            "denoise_batch",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: expected >= 1, got {getattr(self, name)}")
         if min(self.train_threads, self.infer_threads, self.fbp_threads) < 0:
@@ -177,7 +184,9 @@ class ScanRun:
         self._steps = StageQueue(
             options.queue_steps, options.overload, on_drop=_release, name="steps queue"
         )
-        self._backlog = StageQueue(options.max_backlog, "drop_oldest", name="denoise backlog")
+        volume_bytes = 4 * scan.rows * scan.size * scan.size
+        backlog = max(1, min(options.max_backlog, options.backlog_bytes // volume_bytes))
+        self._backlog = StageQueue(backlog, "drop_oldest", name="denoise backlog")
         self._out = StageQueue(options.publish_queue, "block", name="publish queue")
         # model resolution: set once the denoiser is known, or known never to come
         self._model: Denoiser | None = model
