@@ -10,10 +10,10 @@ import pytest
 
 from n2i_stream.cli import main
 from n2i_stream.cli.compare import compute_panels, figure_size
-from n2i_stream.cli.reconstruct import ReconstructConfig, reconstruct_file
 from n2i_stream.core.denoise import gaussian_filter
 from n2i_stream.io.dxchange_writer import DataExchangeWriter, write_truth
 from n2i_stream.io.results import ResultsWriter
+from n2i_stream.offline import ReconstructConfig, reconstruct_file
 from n2i_stream.sim.scan import DynamicScan, SimConfig
 
 pytest.importorskip("matplotlib")

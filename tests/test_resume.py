@@ -17,12 +17,12 @@ import h5py
 import numpy as np
 import pytest
 
-from n2i_stream.cli.reconstruct import ReconstructConfig, ScanSteps, fbp_step
 from n2i_stream.io.dxchange import DataExchangeFile
 from n2i_stream.io.dxchange_writer import DataExchangeWriter
 from n2i_stream.io.live_results import LiveResultsWriter
 from n2i_stream.learn import denoise_volume, load_checkpoint
 from n2i_stream.learn.registry import ModelRegistry
+from n2i_stream.offline import ReconstructConfig, ScanSteps, fbp_step
 from n2i_stream.service.control import ControlClient
 from n2i_stream.service.resume import (
     ResumedFileSink,

@@ -258,11 +258,10 @@ def test_config_rejects_bad_values_all_at_once():
 
 
 @pytest.fixture
-def cli_main(monkeypatch):
-    """``n2i_stream.cli.main`` with only the simulate command (others may not be importable)."""
+def cli_main():
+    """``n2i_stream.cli.main``."""
     from n2i_stream import cli
 
-    monkeypatch.setattr(cli, "COMMANDS", {"simulate": cli.COMMANDS["simulate"]})
     return cli.main
 
 

@@ -11,9 +11,9 @@ import pytest
 import zmq
 
 from n2i_stream.cli import main
-from n2i_stream.cli.reconstruct import ReconstructConfig, reconstruct_file
 from n2i_stream.cli.replay import plan_replay
 from n2i_stream.io.dxchange_writer import DataExchangeWriter
+from n2i_stream.offline import ReconstructConfig, reconstruct_file
 from n2i_stream.service.loopback import Loopback
 from n2i_stream.service.scan_config import ScanConfig
 from n2i_stream.sim.scan import DynamicScan, SimConfig

@@ -176,7 +176,7 @@ def compute_panels(
     from ..core.phase import paganin_line_integrals
     from ..core.tvmin import tv_min
     from ..io.dxchange import DataExchangeFile
-    from .reconstruct import ReconstructConfig, ScanSteps
+    from ..offline import ReconstructConfig, ScanSteps
 
     fbp_volume, denoised, attrs = _read_results(results_path, step)
     rows, n, _ = fbp_volume.shape

@@ -3,7 +3,7 @@
 The live service and ``n2i-stream reconstruct`` must give the same numbers for the same frames,
 so correction is ``TimeStep.line_integrals`` (:func:`n2i_stream.core.preprocess.line_integrals`,
 the offline clipping, in the pipeline's reconstruction worker), the geometry
-is built from degrees as :class:`~n2i_stream.cli.reconstruct.ScanSteps` does, and the volume is
+is built from degrees as :class:`~n2i_stream.offline.ScanSteps` does, and the volume is
 :func:`n2i_stream.core.fbp.fbp` with the scan's size and filter. A step missing projections is
 reconstructed from the angles it has (FBP weights each angle by its share of the half circle).
 """
