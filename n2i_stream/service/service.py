@@ -158,8 +158,8 @@ class N2IService:
                 raise
             self._record = record
             self._baseline = self._source.counters()
+            self._run = run  # before the state changes: listeners look at the run
             self._machine.move("acquiring")
-            self._run = run
             run.start()
         log.info("scan %s configured (%d steps of %d frames)", scan.scan_id, scan.steps,
                  scan.frames_per_step)  # fmt: skip
