@@ -11,7 +11,8 @@ precedes each measurement.
 
 Reported per run: the rate reached by the sender (PUSH back-pressure slows it when the service
 falls behind), the latency of each step (its last frame received → its denoised volume
-published: median, p90, max) and the most steps waiting at once (``backlog``). A run *keeps up*
+published: median, p90, max), the most steps waiting at once (``backlog``) and the service
+process's CPU time per step (all its threads; hardly depends on other load). A run *keeps up*
 when the sender reached 95 % of the rate, every step was denoised and published, no more than
 ``MAX_BACKLOG`` steps ever waited, and latency did not grow over the scan (the last quarter's
 median within 2 × the first quarter's + 0.25 s). ``--find-max`` searches the highest rate that
@@ -27,6 +28,7 @@ import multiprocessing as mp
 import statistics
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,19 +85,20 @@ def run(args: argparse.Namespace) -> int:
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = [
         f"{'target':>8} {'reached':>8} {'steps/s':>8} {'median':>8} {'p90':>8} {'max':>8} "
-        f"{'backlog':>8} {'denoised':>9}  keeps up"
+        f"{'backlog':>8} {'denoised':>9} {'CPU/step':>9}  keeps up"
     ]
     for r in results:
         lines.append(
             f"{r['rate']:>8.0f} {r['reached_rate']:>8.0f} {r['steps_per_s']:>8.2f} "
             f"{r['latency_median_s']:>7.3f}s {r['latency_p90_s']:>7.3f}s "
             f"{r['latency_max_s']:>7.3f}s "
-            f"{r['backlog_max']:>8d} {r['denoised']:>4d}/{r['steps']:<4d}  "
-            f"{'yes' if r['keeps_up'] else 'no'}"
+            f"{r['backlog_max']:>8d} {r['denoised']:>4d}/{r['steps']:<4d} "
+            f"{r['cpu_s_per_step']:>8.3f}s  {'yes' if r['keeps_up'] else 'no'}"
         )
     lines.append(
         "frames/s of 16×128 uint16 frames, 120 per step, PUSH→PULL over tcp loopback;\n"
-        "latency: a step's last frame received → its denoised volume published"
+        "latency: a step's last frame received → its denoised volume published;\n"
+        "CPU/step: the service process, all threads, per time step (the sender not included)"
     )
     return "\n".join(lines)
 
@@ -180,14 +183,18 @@ class LatencyBench:
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
+            cpu = time.process_time()  # every thread of this process: ingest, workers, ZMQ
             self._pipe.send(("run", lb.data_endpoint, rate, None))
             sent = self._pipe.recv()
             state = service.wait_for({"done", "failed"}, timeout=120)
+            cpu = time.process_time() - cpu
             done.set()
             watcher.join()
             status = service.status()
             latencies = service.run.latencies() if service.run is not None else []
-        return _summary(rate, sent, state, status, latencies, max(backlog), self.sim.steps)
+        summary = _summary(rate, sent, state, status, latencies, max(backlog), self.sim.steps)
+        summary["cpu_s_per_step"] = round(cpu / self.sim.steps, 4)
+        return summary
 
     def best(self, model: Path, rate: float) -> dict[str, Any]:
         """The best of ``--repeat`` runs at ``rate``: one that keeps up, with the lowest median."""
