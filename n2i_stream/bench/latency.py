@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=8, help="network width (8)")
     parser.add_argument("--context", type=int, default=2, help="2.5D context slices (2)")
     parser.add_argument("--infer-threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--fbp-threads", type=int, default=0, help="numba threads (0: all)")
     parser.add_argument("--format", default="n2i", choices=("n2i", "array-1.0", "gigafrost"))
     parser.add_argument("--no-file", action="store_true", help="publish only, no HDF5 file")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -140,7 +141,10 @@ class LatencyBench:
     def _options(self) -> Any:
         from ..service.pipeline import PipelineOptions
 
-        return PipelineOptions(infer_threads=self.args.infer_threads, train_threads=2)
+        a = self.args
+        return PipelineOptions(
+            infer_threads=a.infer_threads, fbp_threads=a.fbp_threads, train_threads=2
+        )
 
     def train(self) -> Path:
         """Train a model on the scan's first steps through the service; returns its path."""
