@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 #: ingest-rate samples kept (taken every RATE_PERIOD s): the rate is over ~2 s
 RATE_SAMPLES = 9
 RATE_PERIOD = 0.25
+#: frames arriving with no scan are logged one by one up to LOG_FIRST, then every LOG_EVERY-th
+LOG_FIRST = 10
+LOG_EVERY = 1000
 
 
 class N2IService:
@@ -380,6 +383,13 @@ class N2IService:
         run = self._run
         if run is None or not run.accepting:
             self._no_scan += 1
+            n = self._no_scan
+            if n <= LOG_FIRST or n % LOG_EVERY == 0:  # a stream with no scan must not flood the log
+                log.warning(
+                    "frame %d arrived while no scan is running: dropped (%d so far)",
+                    frame.header.frame_id,
+                    n,
+                )
             frame.release()
             return
         try:
