@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: loss values kept for the status (the file keeps them all)
 RECENT_LOSSES = 50
+#: seconds between hand-overs of new loss values to the results file
+LOSS_FLUSH_S = 0.5
 
 
 def train_config(scan: ScanConfig, *, threads: int, report_every: int = 1) -> TrainConfig:
@@ -143,6 +146,8 @@ class TrainingJob:
         self._on_done = on_done
         self._stop = threading.Event()
         self._stop_reason = "interrupted"
+        self._losses: list[float] = []
+        self._flushed = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="n2i-train", daemon=True)
 
     def start(self) -> None:
@@ -162,9 +167,18 @@ class TrainingJob:
 
     def _report(self, p: Progress) -> None:
         self._progress.report(p)
-        self._on_losses([p.loss])
+        self._losses.append(p.loss)
+        now = time.monotonic()
+        if now - self._flushed >= LOSS_FLUSH_S:  # the file takes losses in batches, not one by one
+            self._flush_losses(now)
         if self._stop.is_set():
             raise _Interrupted
+
+    def _flush_losses(self, now: float) -> None:
+        if self._losses:
+            self._on_losses(self._losses)
+            self._losses = []
+        self._flushed = now
 
     def _run(self) -> None:
         from ..learn import train_dynamic
@@ -199,4 +213,5 @@ class TrainingJob:
             log.exception("scan %s: training crashed", scan.scan_id)
         finally:
             self._projections.clear()  # the training data is not needed any more
+            self._flush_losses(time.monotonic())
             self._on_done(outcome)
