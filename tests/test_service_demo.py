@@ -27,3 +27,4 @@ def test_demo_streams_trains_denoises_and_writes_results_and_png(tmp_path):
         assert np.isfinite(f["/reconstruction/denoised"][()]).all()
     assert lines[0].startswith("simulating 6 steps")
     assert any("PSNR" in line for line in lines)
+    assert any(line.startswith("dashboard: http://127.0.0.1:") for line in lines)

@@ -5,8 +5,9 @@ over ZMQ at ``--rate`` frames per second into the real service (the same one ``n
 serve`` runs). The service publishes each time step's FBP as soon as the step is complete,
 trains Noise2Inverse in the background once the first steps (before the bubble appears) are in,
 then denoises the steps that waited and every new one as it arrives. Progress is printed while
-it runs; the results file (``results.h5``, SWMR), the trained model and a PNG of the last time
-step (FBP | denoised | ground truth) land in ``--out``. About a minute on two cores.
+it runs, and a live web dashboard shows it (``--dashboard``, a free port on localhost by default);
+the results file (``results.h5``, SWMR), the trained model and a PNG of the last time step
+(FBP | denoised | ground truth) land in ``--out``. About a minute on two cores.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class DemoConfig:
     train_minutes: float = 0.5  # training budget
     format: str = "n2i"  # wire format of the simulated detector
     progress_every: float = 2.0  # seconds between progress lines
+    dashboard: str | None = "127.0.0.1:0"  # live web page HOST:PORT (port 0: a free one); None
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,13 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> DemoR
         overwrite=True,
     )
     options = PipelineOptions(train_threads=1, infer_threads=1)
-    with Loopback(options=options, control=False) as lb:
+    page = _Dashboard(config.dashboard)
+    with Loopback(options=options, control=False, sinks=page.sinks) as lb, page:
         subscriber = lb.subscribe()
         service = lb.service
+        page.start(service.status)
+        if page.url:
+            say(f"dashboard: {page.url} (live while the scan runs)")
         service.configure(scan_config)
         say(
             f"service: data {lb.data_endpoint}, results {lb.results_endpoint}; streaming "
@@ -140,6 +146,37 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> DemoR
         + (f", {model}" if model else ""))  # fmt: skip
     return DemoResult(results, png, Path(model) if model else None, status, psnr_fbp, psnr_den,
                       received)  # fmt: skip
+
+
+class _Dashboard:
+    """The web dashboard next to the demo's service, or nothing when ``address`` is None."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.sinks: list = []
+        self.url: str | None = None
+        self._server = None
+        if address is not None:
+            from ..io.dashboard import DashboardSink
+
+            self.sinks.append(DashboardSink())
+
+    def start(self, status: Callable[[], dict]) -> None:
+        if self.address is None:
+            return
+        from ..io.dashboard import DashboardConfig, DashboardServer, parse_address
+
+        host, port = parse_address(self.address)
+        self._server = DashboardServer(status, self.sinks[0], DashboardConfig(host=host, port=port))
+        self._server.start()
+        self.url = self._server.url
+
+    def __enter__(self) -> _Dashboard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
 
 
 def _progress_line(status: dict, elapsed: float) -> str:
@@ -198,6 +235,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("n2i", "array-1.0", "gigafrost"), default=d.format, help="(n2i)"
     )
+    parser.add_argument(
+        "--dashboard",
+        default=d.dashboard,
+        metavar="HOST:PORT",
+        help="live web dashboard address (%(default)s: a free port on localhost)",
+    )
+    parser.add_argument("--no-dashboard", action="store_true", help="no web dashboard")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
             rows=args.rows,
             per_step=args.per_step,
             format=args.format,
+            dashboard=None if args.no_dashboard else args.dashboard,
         )
     )
     return 0
