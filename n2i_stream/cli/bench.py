@@ -13,4 +13,5 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("n2i_stream.bench.ingest", "ZMQ ingest frames/s and GB/s against bare pyzmq"),
     "latency": ("n2i_stream.bench.latency", "live service latency per step at a frame rate"),
     "scale": ("n2i_stream.bench.scale", "slab workers: FBP + denoising steps/s with 1 and 2"),
+    "quality": ("n2i_stream.bench.quality", "Noise2Inverse vs FBP, TV and others: PSNR, SSIM"),
 }

@@ -18,8 +18,9 @@ class TrainConfig:
     """How to train a Noise2Inverse denoiser. Training stops at whichever of ``iterations``
     and ``minutes`` comes first; at least one must be set."""
 
-    #: network architecture: "unet" (CPU default), "dncnn", or "msd" (the paper's; GPU)
-    network: NetworkName = "unet"
+    #: network architecture: "dncnn" (best in a few CPU minutes), "unet", or "msd" (the
+    #: paper's; GPU)
+    network: NetworkName = "dncnn"
     #: network depth (U-Net levels, DnCNN/MS-D layers); None = the network's default
     depth: int | None = None
     #: network width (U-Net first-level / DnCNN channels, MS-D channels per layer); None = default
@@ -31,7 +32,7 @@ class TrainConfig:
     #: crops per training step
     batch: int = 8
     #: Adam learning rate
-    lr: float = 1e-3
+    lr: float = 2e-3
     #: "cosine" decays the learning rate to zero over the budget; "constant" keeps it
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     #: stop after this many training steps (None: only the time budget counts)
