@@ -1,19 +1,46 @@
-"""``n2i-stream reconstruct``: reconstruct every time step of a Data Exchange scan into HDF5.
+"""``n2i-stream reconstruct``: reconstruct (and denoise) every time step of a Data Exchange scan.
 
 The work is :func:`n2i_stream.offline.reconstruct_file`; this module parses the options, shows
-progress and prints a summary.
+progress (training: iteration, loss and ETA; then the steps) and prints a summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Any
 
 from ..core.filters import FILTERS
-from ..offline import METHODS, Range, ReconstructConfig, reconstruct_file
+from ..errors import ConfigError
+from ..offline import METHODS, NETWORKS, STRATEGIES, N2IConfig, Range, ReconstructConfig
 
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "reconstruct (and denoise) a Data Exchange file"
+
+#: option -> (N2IConfig field, type, metavar, help) of the Noise2Inverse options
+_N2I_OPTIONS: dict[str, tuple[str, Any, str | None, str]] = {
+    "--train-steps": ("train_steps", int, "K", "dynamic: train on the first K selected steps"),
+    "--dynamics-start": (
+        "dynamics_start", int, "D", "first time step in which the sample changes (K <= D)"
+    ),
+    "--strategy": ("strategy", STRATEGIES, None, "dynamic (default) or static (one static scan)"),
+    "--sections": ("sections", int, "J", "static: interleaved angle sections (4)"),
+    "--model": ("model", str, "FILE", "apply this trained model instead of training"),
+    "--save-model": ("save_model", str, "FILE", "save the trained model here"),
+    "--network": ("network", NETWORKS, None, "network to train (default: the training default)"),
+    "--depth": ("depth", int, "N", "network depth (the network's default)"),
+    "--width": ("width", int, "N", "network width (the network's default)"),
+    "--context": ("context", int, "C", "2.5D context slices above and below"),
+    "--iterations": ("iterations", int, "N", "training steps, at most"),
+    "--minutes": ("minutes", float, "M", "training time, at most (5 without --iterations)"),
+    "--crop": ("crop", int, "PX", "training crop side"),
+    "--batch": ("batch", int, "N", "crops per training step"),
+    "--lr": ("lr", float, "X", "Adam learning rate"),
+    "--seed": ("seed", int, "S", "seed of initialisation and crops"),
+    "--threads": ("threads", int, "N", "torch threads for training (0: every core)"),
+    "--device": ("device", ("auto", "cpu", "cuda"), None, "where to train and denoise (auto)"),
+}  # fmt: skip
 
 
 # -- command line --------------------------------------------------------------------------
@@ -44,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="Data Exchange file (/exchange/data, theta, darks, flats)")
     parser.add_argument("--out", required=True, help="results file to write (HDF5)")
     parser.add_argument(
-        "--method", choices=METHODS, default="fbp", help="reconstruction method (%(default)s)"
+        "--method",
+        choices=METHODS,
+        help="fbp, or n2i: FBP and Noise2Inverse denoising (default: n2i when a Noise2Inverse "
+        "option is given, else fbp)",
     )
     parser.add_argument(
         "--frames-per-step",
@@ -85,17 +115,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chunk-frames", type=int, default=64, help="frames read at a time (%(default)s)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (and --save-model)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    group = parser.add_argument_group(
+        "Noise2Inverse (--method n2i)",
+        "Train on the first K time steps (dynamic) or on one static scan's angle sections "
+        "(static), or apply --model; denoise every selected step. Training options left out "
+        "take the defaults of n2i_stream.learn.TrainConfig.",
+    )
+    for option, (field, kind, metavar, text) in _N2I_OPTIONS.items():
+        if isinstance(kind, tuple):
+            group.add_argument(option, dest=f"n2i_{field}", choices=kind, help=text)
+        else:
+            group.add_argument(option, dest=f"n2i_{field}", type=kind, metavar=metavar, help=text)
+
+
+def _n2i_config(args: argparse.Namespace) -> tuple[str, N2IConfig | None]:
+    """The method and its Noise2Inverse settings; n2i options make ``n2i`` the default."""
+    given = {
+        option: (field, getattr(args, f"n2i_{field}"))
+        for option, (field, *_) in _N2I_OPTIONS.items()
+        if getattr(args, f"n2i_{field}") is not None
+    }
+    method = args.method or ("n2i" if given else "fbp")
+    if method != "n2i":
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ConfigError(f"{', '.join(given)} only {verb} to --method n2i")
+        return method, None
+    return method, N2IConfig(**dict(given.values()))
+
+
+def _eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
+    from ..offline import reconstruct_file
+
+    method, n2i = _n2i_config(args)
     config = ReconstructConfig(
         input=args.input,
         output=args.out,
-        method=args.method,
+        method=method,  # type: ignore[arg-type]
         frames_per_step=args.frames_per_step,
         center_offset=args.center_offset,
         filter=args.filter,
@@ -105,20 +176,55 @@ def run(args: argparse.Namespace) -> int:
         references=args.references,
         chunk_frames=args.chunk_frames,
         overwrite=args.overwrite,
+        n2i=n2i,
     )
-    # disable=None turns the bar off when stderr is not a terminal (logs, CI, pipes).
-    with tqdm(unit="step", disable=True if args.quiet else None, leave=False) as bar:
+    # disable=None turns the bars off when stderr is not a terminal (logs, CI, pipes).
+    disable = True if args.quiet else None
+    with ExitStack() as bars:
+        steps_bar = bars.enter_context(tqdm(unit="step", disable=disable, leave=False))
+        train_bar = None
+
+        def train_progress(p: Any) -> None:
+            nonlocal train_bar
+            if train_bar is None:
+                train_bar = bars.enter_context(
+                    tqdm(desc="training", unit="it", disable=disable, leave=False)
+                )
+            train_bar.total = p.iterations
+            train_bar.update(p.iteration - train_bar.n)
+            train_bar.set_postfix_str(f"loss {p.loss:.4g}, ETA {_eta(p.eta_s)}", refresh=False)
 
         def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+            if train_bar is not None:
+                train_bar.close()
+            steps_bar.total = total
+            steps_bar.update(done - steps_bar.n)
 
-        result = reconstruct_file(config, progress=progress)
+        result = reconstruct_file(config, progress=progress, train_progress=train_progress)
     if not args.quiet:
-        t = len(result.time_steps)
-        print(
-            f"wrote /reconstruction/{config.method} {(t, *result.shape)} to {result.output} "
-            f"in {result.seconds:.1f} s (centre offset {result.center_offset:g} px, "
-            f"{result.clipped} values clipped, {result.dropped_frames} frames in no time step)"
-        )
+        _summary(config, result)
     return 0
+
+
+def _summary(config: ReconstructConfig, result: Any) -> None:
+    kinds = " and ".join(
+        f"/reconstruction/{k}" for k in ("fbp", "denoised")[: 1 + (result.model is not None)]
+    )
+    print(
+        f"wrote {kinds} {(len(result.time_steps), *result.shape)} to {result.output} "
+        f"in {result.seconds:.1f} s (centre offset {result.center_offset:g} px, "
+        f"{result.clipped} values clipped, {result.dropped_frames} frames in no time step)"
+    )
+    m = result.model
+    if m is None:
+        return
+    what = f"{m['network']} ({m['parameters']:,} parameters, context {m['context']})"
+    if m["source"] == "trained":
+        loss = "n/a" if m["final_loss"] is None else f"{m['final_loss']:.4g}"
+        print(
+            f"denoiser: {what}, {m['strategy']} strategy, {m['iterations']} iterations in "
+            f"{m['training_seconds']:.1f} s, final loss {loss}"
+            + (f"; saved to {m['saved_to']}" if m["saved_to"] else "")
+        )
+    else:
+        print(f"denoiser: {what} from {m['source']}")
