@@ -213,3 +213,35 @@ def test_end_to_end_beats_fbp_on_a_tiny_scan():
     before = psnr(later, truth, mask=mask)
     after = psnr(denoise_volume(denoiser, later), truth, mask=mask)
     assert after > before + 2.0, (before, after)
+
+
+@pytest.mark.gpu
+def test_cupy_volumes_train_and_denoise_on_the_gpu(rng):
+    """CuPy reconstructions reach torch by DLPack and come back as CuPy."""
+    cupy = pytest.importorskip("cupy")
+    pairs = [(cupy.asarray(a), cupy.asarray(b)) for a, b in noisy_pairs(rng)]
+    denoiser = tiny_fit(pairs, device="cuda")
+    assert next(denoiser.network.parameters()).is_cuda
+    out = denoise_volume(denoiser, pairs[0][0])
+    assert isinstance(out, cupy.ndarray)
+    assert out.shape == pairs[0][0].shape
+
+
+def test_torch_volumes_stay_torch(rng):
+    denoiser = tiny_fit(noisy_pairs(rng))
+    volume = torch.from_numpy(noisy_pairs(rng, 1)[0][0])
+    out = denoise_volume(denoiser, volume)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), denoise_volume(denoiser, volume.numpy()), rtol=1e-6)
+
+
+def test_bench_quality_runs_on_a_tiny_scan(capsys):
+    from n2i_stream.cli import main
+
+    argv = ["bench", "quality", "--width", "40", "--rows", "3", "--steps", "4", "--per-step"]
+    argv += ["24", "--train-steps", "2", "--iterations", "3", "--no-baselines", "--threads", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "FBP" in out
+    assert "Noise2Inverse" in out
+    assert "3 iterations" in out

@@ -390,6 +390,13 @@ def run(args: argparse.Namespace) -> int:
             f"Noise2Inverse - TV:  {t['n2i_minus_tv_db']:+.2f} dB (target >= +0.5), "
             f"SSIM {t['n2i_minus_tv_ssim']:+.3f} (target >= +0.03)"
         )
+    for label, info in networks.items():
+        print(
+            f"{label}: {info['parameters']:,} parameters, {info['iterations']} iterations in "
+            f"{info['train_seconds']:.0f} s of training ({info['setup_and_train_seconds']:.0f} s "
+            f"with the pair reconstructions), inference {info['inference_seconds_per_step']:.2f} "
+            "s per time step"
+        )
     if args.static:
         s = results["static"]
         print(f"static strategy ({s['scan']}, {s['iterations']} it):")
