@@ -55,7 +55,9 @@ class N2IService:
     """Runs scans on frames from ``source`` (a :class:`~n2i_stream.wire.FrameSource`).
 
     ``recv_timeout`` bounds how long the ingest thread waits for a frame before it looks at
-    its commands (stop) again. With a ``journal``
+    its commands (stop) again. ``warm_up`` loads the compiled FBP kernels and the learning code
+    in the background at :meth:`start`, so the first scan's first step does not wait for them.
+    With a ``journal``
     (:class:`~n2i_stream.service.resume.ScanJournal`) every scan is recorded on disk, so that
     a restarted service can resume it.
     """
@@ -67,6 +69,7 @@ class N2IService:
         options: PipelineOptions | None = None,
         recv_timeout: float = 0.05,
         journal: ScanJournal | None = None,
+        warm_up: bool = True,
     ) -> None:
         self.options = options or PipelineOptions()
         self._source = source
@@ -85,6 +88,7 @@ class N2IService:
         self._ingest_ended = False
         self._no_scan = 0
         self._rates: deque[tuple[float, int, int]] = deque(maxlen=RATE_SAMPLES)
+        self._warm_up = warm_up
         self._journal = journal
         self._record: ScanRecord | None = None
         if journal is not None:
@@ -105,6 +109,8 @@ class N2IService:
         self._source.start()
         self._started = True
         self._thread.start()
+        if self._warm_up:
+            threading.Thread(target=_warm_up, name="n2i-warm-up", daemon=True).start()
 
     def configure(
         self, scan: ScanConfig | Mapping[str, Any], *, resume: ResumePlan | None = None
@@ -428,6 +434,16 @@ class N2IService:
             if frame is None:
                 break
             self._file(frame)
+
+
+def _warm_up() -> None:
+    # Compiled kernels and torch load in seconds; better now than on the first time step.
+    from .steps import warm_up
+
+    try:
+        warm_up()
+    except Exception:  # not fatal: the first step then pays for the loading itself
+        log.exception("warming up the FBP kernels and the learning code failed")
 
 
 _RECORDED = frozenset({"streaming", "done", "failed"})

@@ -16,7 +16,7 @@ from ..core.fbp import fbp
 from ..core.geometry import ParallelGeometry
 from .scan_config import ScanConfig
 
-__all__ = ["find_step_center", "reconstruct_step", "step_geometry"]
+__all__ = ["find_step_center", "reconstruct_step", "step_geometry", "warm_up"]
 
 
 def step_geometry(
@@ -40,3 +40,15 @@ def reconstruct_step(
 ) -> np.ndarray:
     """FBP volume ``(rows, n, n)`` float32 of a step's line integrals."""
     return np.asarray(fbp(line_integrals, geometry, n=scan.size, window=scan.filter))
+
+
+def warm_up(*, learning: bool = True) -> None:
+    """Load what the first step of the first scan would otherwise wait for: the compiled FBP
+    kernels (both loop orders) and, with ``learning``, torch and the learning code."""
+    from ..core.backproject_numba import MANY_SLICES
+
+    for rows in (1, MANY_SLICES):
+        geometry = ParallelGeometry.from_degrees([0.0, 90.0], rows=rows, cols=8)
+        fbp(np.zeros((2, rows, 8), np.float32), geometry)
+    if learning:
+        from .. import learn  # noqa: F401  (the import is the work)
