@@ -89,6 +89,7 @@ class N2IService:
         self._no_scan = 0
         self._rates: deque[tuple[float, int, int]] = deque(maxlen=RATE_SAMPLES)
         self._warm_up = warm_up
+        self._warm_thread: threading.Thread | None = None
         self._journal = journal
         self._record: ScanRecord | None = None
         if journal is not None:
@@ -110,7 +111,8 @@ class N2IService:
         self._started = True
         self._thread.start()
         if self._warm_up:
-            threading.Thread(target=_warm_up, name="n2i-warm-up", daemon=True).start()
+            self._warm_thread = threading.Thread(target=_warm_up, name="n2i-warm-up", daemon=True)
+            self._warm_thread.start()
 
     def configure(
         self, scan: ScanConfig | Mapping[str, Any], *, resume: ResumePlan | None = None
@@ -229,6 +231,8 @@ class N2IService:
                 run.wait(timeout)
             if run is not None:
                 run.join(timeout)
+            if self._warm_thread is not None:
+                self._warm_thread.join(timeout)
         self._source.close()
         for sink in self._sinks:
             sink.close()
