@@ -44,11 +44,12 @@ SCAN (:class:`~n2i_stream.service.scan_config.ScanConfig`; unknown keys rejected
 ``angles`` [degrees per projection] or ``angle_start`` + ``angle_step`` (degrees);
 ``projection_ids`` / ``dark_ids`` / ``flat_ids`` lists of ``[first, count]`` runs (unwrapped
 ids); ``id_bits`` int|null; ``train_steps`` K (2 <= K < steps); ``center_offset`` number|"auto";
-``network`` "unet"|"msd"|"dncnn"; ``train_minutes`` number; ``train_iterations`` int|null;
+``network`` "unet"|"msd"|"dncnn"|null (null: the learning code's default); ``train_minutes``
+number; ``train_iterations`` int|null;
 ``model`` checkpoint path|null (skip training); ``output`` results HDF5 path|null;
 ``overwrite`` bool; ``publish`` "volume" or [z-slice indices]; ``filter`` ramp window; ``n``
 reconstruction size|null; ``close_lag`` int; ``training`` {``depth``, ``width``, ``context``,
-``crop``, ``batch``, ``lr``, ``seed``}.
+``crop``, ``batch``, ``lr``, ``seed``; each null or absent: the learning code's default}.
 
 STATUS:
 ``state`` "idle"|"acquiring"|"training"|"streaming"|"done"|"failed"; ``scan_id``; ``reason``

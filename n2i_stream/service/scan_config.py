@@ -29,29 +29,26 @@ NETWORK_NAMES = ("unet", "msd", "dncnn")
 class TrainingOptions:
     """Network and optimiser details beyond the contract's ``network`` and budget (all optional).
 
-    ``None`` keeps the learning code's default; the names follow its training configuration.
+    ``None`` keeps the learning code's default (one place decides them:
+    :class:`n2i_stream.learn.TrainConfig`); the names follow that configuration.
     """
 
     depth: int | None = None  # network depth (U-Net levels, DnCNN / MS-D layers)
     width: int | None = None  # network width (first-level / per-layer channels)
-    context: int = 2  # slices above and below the denoised slice (2.5D)
-    crop: int = 64  # side of the square training crops, pixels
-    batch: int = 8  # crops per training step
-    lr: float = 1e-3  # Adam learning rate
-    seed: int = 0  # weight initialisation and crop sampling seed
+    context: int | None = None  # slices above and below the denoised slice (2.5D)
+    crop: int | None = None  # side of the square training crops, pixels
+    batch: int | None = None  # crops per training step
+    lr: float | None = None  # Adam learning rate
+    seed: int | None = None  # weight initialisation and crop sampling seed
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("depth", "width"):
+        for name, least in (("depth", 1), ("width", 1), ("context", 0), ("crop", 8), ("batch", 1)):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"{name}: expected >= 1 or null, got {value}")
-        if self.context < 0:
-            problems.append(f"context: expected >= 0, got {self.context}")
-        if self.crop < 8 or self.batch < 1:
-            problems.append(f"expected crop >= 8 and batch >= 1, got {self.crop}, {self.batch}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            problems.append(f"lr: expected a positive number, got {self.lr}")
+            if value is not None and value < least:
+                problems.append(f"{name}: expected >= {least} or null, got {value}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr: expected a positive number or null, got {self.lr}")
         if problems:
             raise ConfigError("training: " + "; ".join(problems))
 
@@ -81,7 +78,7 @@ class ScanConfig:
     id_bits: int | None = None  # the detector counter wraps at 2**id_bits (e.g. 16)
     train_steps: int = 4  # K: the first K steps show the unchanged sample (2 <= K < steps)
     center_offset: float | Literal["auto"] = 0.0  # rotation axis offset, px, or "auto"
-    network: Literal["unet", "msd", "dncnn"] = "unet"  # denoising network
+    network: Literal["unet", "msd", "dncnn"] | None = None  # denoising network (None: default)
     train_minutes: float = 5.0  # training time budget
     train_iterations: int | None = None  # training step budget (whichever comes first)
     model: str | None = None  # checkpoint to use instead of training
@@ -105,7 +102,7 @@ class ScanConfig:
             problems.append(f"center_offset: expected a number or 'auto', got {self.center_offset}")
         elif isinstance(self.center_offset, float) and not math.isfinite(self.center_offset):
             problems.append("center_offset: expected a finite number")
-        if self.network not in NETWORK_NAMES:
+        if self.network is not None and self.network not in NETWORK_NAMES:
             problems.append(f"network: expected one of {list(NETWORK_NAMES)}, got {self.network}")
         if not (math.isfinite(self.train_minutes) and self.train_minutes > 0):
             problems.append(f"train_minutes: expected > 0, got {self.train_minutes}")

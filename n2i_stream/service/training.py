@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import to_mapping
 from ..core.fbp import fbp
 from ..core.geometry import ParallelGeometry
 from ..errors import N2IError
@@ -43,18 +44,11 @@ def train_config(scan: ScanConfig, *, threads: int, report_every: int = 1) -> Tr
     """The learning code's training configuration for ``scan`` (ConfigError when invalid)."""
     from ..learn import TrainConfig
 
-    o = scan.training
+    chosen = {"network": scan.network, **to_mapping(scan.training)}
     return TrainConfig(
-        network=scan.network,
-        depth=o.depth,
-        width=o.width,
-        context=o.context,
-        crop=o.crop,
-        batch=o.batch,
-        lr=o.lr,
+        **{key: value for key, value in chosen.items() if value is not None},  # else its default
         iterations=scan.train_iterations,
         minutes=scan.train_minutes,
-        seed=o.seed,
         threads=threads,
         report_every=report_every,
     )
