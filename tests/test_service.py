@@ -14,14 +14,8 @@ import pytest
 from n2i_stream.core.fbp import fbp
 from n2i_stream.io.dxchange import DataExchangeFile
 from n2i_stream.io.dxchange_writer import DataExchangeWriter
-from n2i_stream.learn import (
-    TrainConfig,
-    denoise_volume,
-    load_checkpoint,
-    save_checkpoint,
-    train_dynamic,
-)
-from n2i_stream.offline import ReconstructConfig, ScanSteps, fbp_step
+from n2i_stream.learn import TrainConfig, save_checkpoint, train_dynamic
+from n2i_stream.offline import N2IConfig, ReconstructConfig, ScanSteps, reconstruct_file
 from n2i_stream.service.loopback import Loopback
 from n2i_stream.service.pipeline import PipelineOptions
 from n2i_stream.sim.scan import DynamicScan, SimConfig, SimFrame
@@ -53,7 +47,8 @@ def frames() -> list[SimFrame]:
 
 @pytest.fixture(scope="module")
 def offline(frames, tmp_path_factory) -> dict:
-    """The offline path on the same frames: FBP per step, a tiny model, its denoised steps."""
+    """``n2i-stream reconstruct --method n2i --model`` on the same frames (a Data Exchange file),
+    with a tiny model trained on the first steps; its FBP and denoised steps."""
     root = tmp_path_factory.mktemp("offline")
     scan_path = root / "scan.h5"
     with DataExchangeWriter(
@@ -64,7 +59,6 @@ def offline(frames, tmp_path_factory) -> dict:
     config = ReconstructConfig(input=str(scan_path), output=str(root / "unused.h5"))
     with DataExchangeFile(scan_path) as scan:
         steps = ScanSteps(scan, config)
-        fbps = [fbp_step(steps, s, center_offset=0.0)[0] for s in range(SIM.steps)]
         line_integrals = [steps.projections(s)[0] for s in range(SIM.steps)]
         geometries = [steps.geometry(s, 0.0) for s in range(SIM.steps)]
     model = train_dynamic(
@@ -74,11 +68,21 @@ def offline(frames, tmp_path_factory) -> dict:
         n=SIM.width,
     )
     model_path = save_checkpoint(model, root / "tiny.model.pt")
-    loaded = load_checkpoint(model_path)
-    denoised = [denoise_volume(loaded, v) for v in fbps]
+    output = root / "offline.h5"
+    reconstruct_file(
+        ReconstructConfig(
+            input=str(scan_path),
+            output=str(output),
+            method="n2i",
+            n2i=N2IConfig(model=str(model_path)),
+        )
+    )
+    with h5py.File(output, "r") as f:
+        assert f["/reconstruction/time_step"][()].tolist() == list(range(SIM.steps))
+        fbps, denoised = f["/reconstruction/fbp"][()], f["/reconstruction/denoised"][()]
     return {
-        "fbp": fbps,
-        "denoised": denoised,
+        "fbp": list(fbps),
+        "denoised": list(denoised),
         "model": str(model_path),
         "line_integrals": line_integrals,
         "geometries": geometries,
