@@ -141,7 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate", type=float, default=600.0, help="frames per second (600; 0: at once)"
     )
-    parser.add_argument("--socket", choices=("push", "pub"), default="push", help="(push)")
+    parser.add_argument(
+        "--socket",
+        choices=("push", "pub"),
+        default="push",
+        help="push (default: waits for the service) or pub (drops frames no subscriber takes)",
+    )
     parser.add_argument("--bind", action="store_true", help="bind the stream instead of connecting")
     parser.add_argument("--frames-per-step", type=int, metavar="N", help="(file's attribute)")
     parser.add_argument("--scan-config", type=Path, help="write the scan configuration (JSON) here")

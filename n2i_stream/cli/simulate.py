@@ -68,7 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument(
         "--rate", type=float, default=600.0, help="frames per second (600; 0: as fast as possible)"
     )
-    live.add_argument("--socket", choices=("push", "pub"), default="push", help="(push)")
+    live.add_argument(
+        "--socket",
+        choices=("push", "pub"),
+        default="push",
+        help="push (default: waits for the service) or pub (drops frames no subscriber takes)",
+    )
     live.add_argument("--bind", action="store_true", help="bind the stream instead of connecting")
     live.add_argument("--scan-id", default="sim", help="scan id in the scan configuration (sim)")
     live.add_argument("--scan-config", type=Path, help="write the scan configuration (JSON) here")
