@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..service.runtime import quiet_openmp
+
+    quiet_openmp()  # before any OpenMP pool starts
     from ..errors import ConfigError
 
     if args.rate <= 0 or args.steps < _K + 2 or args.train_minutes <= 0 or args.repeat < 1:

@@ -245,6 +245,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..service.runtime import quiet_openmp
+
+    quiet_openmp()  # before any OpenMP pool starts
     run_demo(
         DemoConfig(
             out=args.out,
