@@ -15,7 +15,8 @@ Modules, from the outside in:
   an overload policy, named states and transitions;
 * :mod:`~n2i_stream.service.sinks` — :class:`StepResult`, the :class:`ResultSink` protocol and
   the in-memory, queued and HDF5 sinks (the PUB sink is :mod:`n2i_stream.io.zmq_sink`);
-* :mod:`~n2i_stream.service.loopback` — the whole service on loopback (demo, benchmark, tests).
+* :mod:`~n2i_stream.service.loopback` — the whole service on loopback (demo, benchmark, tests);
+* :mod:`~n2i_stream.service.runtime` — process settings the entry points apply first.
 """
 
 from .control import ControlClient, ControlHandler, ControlServer
