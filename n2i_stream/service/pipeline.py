@@ -595,6 +595,7 @@ class ScanRun:
             "dropped_overload": self._steps.dropped,
             "backlog_dropped": self._backlog.dropped,
             "failed": self.steps_failed,
+            "clipped_values": self.clipped,
             "on_disk": self.steps_on_disk,
         }
 

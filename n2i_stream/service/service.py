@@ -463,5 +463,6 @@ _NO_STEPS: dict[str, Any] = {
     "dropped_overload": 0,
     "backlog_dropped": 0,
     "failed": 0,
+    "clipped_values": 0,
     "on_disk": 0,
 }
