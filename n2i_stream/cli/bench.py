@@ -14,4 +14,5 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "latency": ("n2i_stream.bench.latency", "live service latency per step at a frame rate"),
     "scale": ("n2i_stream.bench.scale", "slab workers: FBP + denoising steps/s with 1 and 2"),
     "quality": ("n2i_stream.bench.quality", "Noise2Inverse vs FBP, TV and others: PSNR, SSIM"),
+    "heldout": ("n2i_stream.bench.heldout", "real scan, no truth: held-out projections predicted"),
 }
