@@ -1,11 +1,29 @@
-"""n2i-stream: live Noise2Inverse denoising of dynamic synchrotron tomography."""
+"""n2i-stream: live Noise2Inverse denoising of dynamic synchrotron tomography.
+
+The top level re-exports the pure array core and the error hierarchy; the other layers are
+imported from their packages: ``n2i_stream.io`` (files, sockets), ``n2i_stream.wire`` (message
+formats), ``n2i_stream.sim`` (simulated beamline), ``n2i_stream.learn`` (torch),
+``n2i_stream.service`` (the live service).
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .core.fbp import backproject, fbp
-from .core.geometry import ParallelGeometry, angular_weights
+from .core import (
+    CenterEstimate,
+    ParallelGeometry,
+    angular_weights,
+    assign_time_steps,
+    backproject,
+    fbp,
+    find_center,
+    forward_project,
+    interlace_report,
+    line_integrals,
+    psnr,
+    ssim,
+)
 from .errors import (
     ConfigError,
     DataError,
@@ -24,6 +42,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "CenterEstimate",
     "ConfigError",
     "DataError",
     "DataFileError",
@@ -36,6 +55,13 @@ __all__ = [
     "TrainingError",
     "__version__",
     "angular_weights",
+    "assign_time_steps",
     "backproject",
     "fbp",
+    "find_center",
+    "forward_project",
+    "interlace_report",
+    "line_integrals",
+    "psnr",
+    "ssim",
 ]
