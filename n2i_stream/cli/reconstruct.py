@@ -181,32 +181,32 @@ def run(args: argparse.Namespace) -> int:
     # disable=None turns the bars off when stderr is not a terminal (logs, CI, pipes).
     disable = True if args.quiet else None
     with ExitStack() as bars:
-        steps_bar = bars.enter_context(tqdm(unit="step", disable=disable, leave=False))
-        train_bar = None
+        shown: dict[str, Any] = {}
+
+        def bar(name: str, **options: Any) -> Any:
+            if name not in shown:
+                for other in shown.values():
+                    other.close()  # training ends before the steps start
+                shown[name] = bars.enter_context(tqdm(disable=disable, leave=False, **options))
+            return shown[name]
 
         def train_progress(p: Any) -> None:
-            nonlocal train_bar
-            if train_bar is None:
-                train_bar = bars.enter_context(
-                    tqdm(desc="training", unit="it", disable=disable, leave=False)
-                )
-            train_bar.total = p.iterations
-            train_bar.update(p.iteration - train_bar.n)
-            train_bar.set_postfix_str(f"loss {p.loss:.4g}, ETA {_eta(p.eta_s)}", refresh=False)
+            b = bar("training", desc="training", unit="it")
+            b.total = p.iterations
+            b.update(p.iteration - b.n)
+            b.set_postfix_str(f"loss {p.loss:.4g}, ETA {_eta(p.eta_s)}", refresh=False)
 
         def progress(done: int, total: int) -> None:
-            if train_bar is not None:
-                train_bar.close()
-            steps_bar.total = total
-            steps_bar.update(done - steps_bar.n)
+            b = bar("steps", unit="step", total=total)
+            b.update(done - b.n)
 
         result = reconstruct_file(config, progress=progress, train_progress=train_progress)
     if not args.quiet:
-        _summary(config, result)
+        _summary(result)
     return 0
 
 
-def _summary(config: ReconstructConfig, result: Any) -> None:
+def _summary(result: Any) -> None:
     kinds = " and ".join(
         f"/reconstruction/{k}" for k in ("fbp", "denoised")[: 1 + (result.model is not None)]
     )
