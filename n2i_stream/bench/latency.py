@@ -6,8 +6,10 @@ over PUSH→PULL on tcp loopback into the real service
 (:class:`~n2i_stream.service.loopback.Loopback`: ingest thread, assembly, FBP worker, denoise
 worker, publisher with the PUB socket and, unless ``--no-file``, the HDF5 results file). The
 model is trained first by the service itself on the scan's first steps (``--train-minutes``),
-or taken from ``--model``; every measured step is then denoised live. A short warm-up scan
-precedes each measurement.
+or taken from ``--model``; every measured step is then denoised live. The default network
+(DnCNN, 4 layers of 12 channels, one context slice above and below) is sized for two CPU
+cores; ``--network``, ``--depth``, ``--width``, ``--context`` choose another. A short warm-up
+scan precedes each measurement.
 
 Reported per run: the rate reached by the sender (PUSH back-pressure slows it when the service
 falls behind), the latency of each step (its last frame received → its denoised volume
@@ -48,10 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-minutes", type=float, default=0.5, help="training budget without --model (0.5)"
     )
-    parser.add_argument("--network", default="unet", choices=("unet", "dncnn", "msd"))
-    parser.add_argument("--depth", type=int, default=3, help="network depth (3)")
-    parser.add_argument("--width", type=int, default=8, help="network width (8)")
-    parser.add_argument("--context", type=int, default=2, help="2.5D context slices (2)")
+    # A live network for two CPU cores: it denoises a 16 × 128² step in about 0.1 s.
+    parser.add_argument("--network", default="dncnn", choices=("unet", "dncnn", "msd"))
+    parser.add_argument("--depth", type=int, default=4, help="network depth (4)")
+    parser.add_argument("--width", type=int, default=12, help="network width (12)")
+    parser.add_argument("--context", type=int, default=1, help="2.5D context slices (1)")
     parser.add_argument("--infer-threads", type=int, default=1, help="torch threads (1)")
     parser.add_argument("--fbp-threads", type=int, default=0, help="numba threads (0: all)")
     parser.add_argument("--format", default="n2i", choices=("n2i", "array-1.0", "gigafrost"))
