@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "replay": ("n2i_stream.cli.replay", "stream a Data Exchange file like a detector"),
     "config": ("n2i_stream.cli.config", "check or show the service settings, make CURVE keys"),
-    "bench": ("n2i_stream.cli.bench", "benchmarks: fbp, quality, ingest, latency, scale"),
+    "bench": ("n2i_stream.cli.bench", "benchmarks: fbp, quality, heldout, ingest, latency, scale"),
     "compare": (
         "n2i_stream.cli.compare",
         "side-by-side figure: FBP, Paganin+FBP, TV-MIN, Noise2Inverse",

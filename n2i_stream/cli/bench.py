@@ -5,7 +5,7 @@ Each benchmark module exposes ``HELP``, ``add_arguments(parser)`` and ``run(args
 
 from __future__ import annotations
 
-HELP = "benchmarks: fbp, quality, ingest, latency, scale"
+HELP = "benchmarks: fbp, quality, heldout, ingest, latency, scale"
 
 #: benchmark -> (module, one-line help); the CLI imports only the one that runs.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
