@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import n2i_stream
 from n2i_stream import ConfigError, DataError, ModelError, ParallelGeometry, TrainingError, fbp
 from n2i_stream.config import from_mapping
 from n2i_stream.core.metrics import field_of_view, psnr
@@ -118,6 +119,7 @@ def test_checkpoint_round_trip_and_compatibility(rng, tmp_path):
     assert loaded.geometry == GEOMETRY
     assert loaded.config == denoiser.config
     assert loaded.iteration == 4
+    assert loaded.software_version == denoiser.software_version == n2i_stream.__version__
 
     geometry = ParallelGeometry.from_degrees(np.arange(30) * 6.0, rows=4, cols=24)
     check_compatible(loaded, geometry=geometry, network="unet", strategy="static", context=1)

@@ -34,7 +34,7 @@ def save_checkpoint(denoiser: Denoiser, path: str | Path) -> Path:
     path = Path(path)
     state = {
         "format": FORMAT,
-        "software_version": _version(),
+        "software_version": denoiser.software_version or _version(),
         "network": to_mapping(denoiser.spec),
         "config": to_mapping(denoiser.config),
         "normalisation": {
@@ -88,6 +88,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         loss_history=[(int(i), float(v)) for i, v in state["loss_history"]],
         optimizer_state=state["optimizer"],
         training_seconds=float(state.get("training_seconds", 0.0)),
+        software_version=str(state.get("software_version", "")),
     )
 
 

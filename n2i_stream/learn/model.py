@@ -46,6 +46,8 @@ class Denoiser:
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     optimizer_state: dict[str, Any] | None = None
     training_seconds: float = 0.0
+    #: n2i-stream version that trained the network (from the checkpoint when loaded)
+    software_version: str = ""
 
     @property
     def channels(self) -> int:

@@ -58,6 +58,12 @@ def _as_volume(array: Any, device: torch.device, channels: int) -> torch.Tensor:
     return t
 
 
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 def _use_channels_last(network: str, device: torch.device) -> bool:
     """NHWC is ~1.5x faster for U-Net and DnCNN training on CPUs (oneDNN), but several times
     slower for MS-D's width-1 concatenations; CUDA picks its own layouts."""
@@ -157,6 +163,7 @@ def fit(
         loss_history=history,
         optimizer_state=optimizer.state_dict(),
         training_seconds=seconds + clock,
+        software_version=_version(),
     )
 
 
