@@ -13,13 +13,20 @@ running service with ``--control`` before the first frame (see ``n2i-stream simu
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._streaming import (
+    add_scan_arguments,
+    add_stream_arguments,
+    announce_scan,
+    scan_extra,
+    send_frames,
+)
 
 HELP = "stream a Data Exchange file like a detector (to n2i-stream serve)"
 
@@ -134,59 +141,17 @@ def plan_replay(path: str | Path, *, frames_per_step: int | None = None) -> Repl
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="Data Exchange file to replay")
-    parser.add_argument("--stream", required=True, metavar="ENDPOINT", help="send frames here")
-    parser.add_argument(
-        "--format", choices=("n2i", "array-1.0", "gigafrost"), default="n2i", help="(n2i)"
-    )
-    parser.add_argument(
-        "--rate", type=float, default=600.0, help="frames per second (600; 0: at once)"
-    )
-    parser.add_argument(
-        "--socket",
-        choices=("push", "pub"),
-        default="push",
-        help="push (default: waits for the service) or pub (drops frames no subscriber takes)",
-    )
-    parser.add_argument("--bind", action="store_true", help="bind the stream instead of connecting")
+    add_stream_arguments(parser, required=True)
     parser.add_argument("--frames-per-step", type=int, metavar="N", help="(file's attribute)")
-    parser.add_argument("--scan-config", type=Path, help="write the scan configuration (JSON) here")
-    parser.add_argument("--scan-extra", default="{}", help="JSON object of extra scan keys")
-    parser.add_argument("--control", metavar="ENDPOINT", help="configure this service first")
+    add_scan_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..sim.stream import StreamStats, frame_messages, stream
-
-    try:
-        extra = json.loads(args.scan_extra)
-    except ValueError as exc:
-        raise ConfigError(f"--scan-extra: expected a JSON object: {exc}") from exc
-    if not isinstance(extra, dict):
-        raise ConfigError(f"--scan-extra: expected a JSON object, got {args.scan_extra!r}")
     plan = plan_replay(args.input, frames_per_step=args.frames_per_step)
-    scan_config = plan.scan_config(**extra)
-    if args.scan_config is not None:
-        args.scan_config.write_text(json.dumps(scan_config))
-        print(f"wrote the scan configuration to {args.scan_config}")
-    if args.control is not None:
-        from ..service.control import ControlClient
-
-        with ControlClient(args.control) as client:
-            reply = client.call("configure", scan=scan_config)
-        print(f"configured scan {reply['scan_id']} on {args.control} (state {reply['state']})")
+    announce_scan(args, plan.scan_config(**scan_extra(args)))
     print(
         f"replaying {args.input}: {plan.steps} steps of {plan.frames_per_step} frames "
         f"({len(plan.order)} frames with references) as {args.format} to {args.stream}"
     )
-    stats = StreamStats()
-    stream(
-        frame_messages(plan.frames(), args.format, stats=stats),
-        args.stream,
-        socket_type=args.socket,
-        bind=args.bind,
-        rate=args.rate or None,
-        stats=stats,
-    )
-    print(f"sent {stats.frames} frames in {stats.seconds:.1f} s ({stats.rate:.0f} frames/s)")
+    send_frames(args, plan.frames())
     return 0

@@ -22,6 +22,14 @@ import argparse
 import time
 from pathlib import Path
 
+from ._streaming import (
+    add_scan_arguments,
+    add_stream_arguments,
+    announce_scan,
+    scan_extra,
+    send_frames,
+)
+
 HELP = "simulate a dynamic scan into a Data Exchange file"
 
 #: CLI option -> SimConfig field; defaults come from SimConfig so they live in one place.
@@ -61,24 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--noiseless", action="store_true", help="rounded expected counts, no noise"
     )
     live = parser.add_argument_group("streaming like a detector")
-    live.add_argument("--stream", metavar="ENDPOINT", help="send frames to this ZMQ endpoint")
-    live.add_argument(
-        "--format", choices=("n2i", "array-1.0", "gigafrost"), default="n2i", help="(n2i)"
-    )
-    live.add_argument(
-        "--rate", type=float, default=600.0, help="frames per second (600; 0: as fast as possible)"
-    )
-    live.add_argument(
-        "--socket",
-        choices=("push", "pub"),
-        default="push",
-        help="push (default: waits for the service) or pub (drops frames no subscriber takes)",
-    )
-    live.add_argument("--bind", action="store_true", help="bind the stream instead of connecting")
+    add_stream_arguments(live, required=False)
     live.add_argument("--scan-id", default="sim", help="scan id in the scan configuration (sim)")
-    live.add_argument("--scan-config", type=Path, help="write the scan configuration (JSON) here")
-    live.add_argument("--scan-extra", default="{}", help="JSON object of extra scan keys")
-    live.add_argument("--control", metavar="ENDPOINT", help="configure this service first")
+    add_scan_arguments(live)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,38 +130,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace, config: object) -> int:
-    import json
-
-    from ..errors import ConfigError
     from ..sim.scan import DynamicScan, describe
-    from ..sim.stream import StreamStats, frame_messages, scan_config_for, stream
+    from ..sim.stream import scan_config_for
 
-    try:
-        extra = json.loads(args.scan_extra)
-    except ValueError as exc:
-        raise ConfigError(f"--scan-extra: expected a JSON object: {exc}") from exc
-    if not isinstance(extra, dict):
-        raise ConfigError(f"--scan-extra: expected a JSON object, got {args.scan_extra!r}")
+    extra = scan_extra(args)
     scan = DynamicScan(config)  # type: ignore[arg-type]
     scan_config = scan_config_for(config, scan_id=args.scan_id, theta=scan.theta, **extra)  # type: ignore[arg-type]
-    if args.scan_config is not None:
-        args.scan_config.write_text(json.dumps(scan_config))
-        print(f"wrote the scan configuration to {args.scan_config}")
-    if args.control is not None:
-        from ..service.control import ControlClient
-
-        with ControlClient(args.control) as client:
-            reply = client.call("configure", scan=scan_config)
-        print(f"configured scan {reply['scan_id']} on {args.control} (state {reply['state']})")
+    announce_scan(args, scan_config)
     print(f"streaming {describe(config)} as {args.format} to {args.stream}")  # type: ignore[arg-type]
-    stats = StreamStats()
-    stream(
-        frame_messages(scan.frames(), args.format, stats=stats),
-        args.stream,
-        socket_type=args.socket,
-        bind=args.bind,
-        rate=args.rate or None,
-        stats=stats,
-    )
-    print(f"sent {stats.frames} frames in {stats.seconds:.1f} s ({stats.rate:.0f} frames/s)")
+    send_frames(args, scan.frames())
     return 0
