@@ -183,6 +183,7 @@ class ReconstructConfig:
     frames_per_step: int | None = None  # overrides the file's attribute; None: file or 180°
     center_offset: float | Literal["auto"] = 0.0  # rotation-axis offset, px, or "auto"
     filter: str = "ramlak"  # ramp filter window
+    oversample: int = 1  # filtered samples per detector column (2: sharper, see core.fbp.fbp)
     steps: Range = (None, None)  # time steps to reconstruct, a:b
     rows: Range = (None, None)  # detector rows (slices) to reconstruct, a:b
     n: int | None = None  # reconstruction size n x n; None: detector columns
@@ -198,6 +199,8 @@ class ReconstructConfig:
             problems.append(f"method {self.method!r} is not one of {list(METHODS)}")
         if self.filter not in FILTERS:
             problems.append(f"filter {self.filter!r} is not one of {list(FILTERS)}")
+        if self.oversample not in (1, 2, 3, 4):
+            problems.append(f"oversample must be 1, 2, 3 or 4, got {self.oversample!r}")
         if self.frames_per_step is not None and self.frames_per_step < 1:
             problems.append(f"frames_per_step must be >= 1, got {self.frames_per_step}")
         if self.n is not None and self.n < 1:
@@ -296,13 +299,20 @@ class ScanSteps:
 
 
 def fbp_step(
-    steps: ScanSteps, step: int, *, center_offset: float, window: str = "ramlak"
+    steps: ScanSteps,
+    step: int,
+    *,
+    center_offset: float,
+    window: str = "ramlak",
+    oversample: int = 1,
 ) -> tuple[np.ndarray, int]:
     """FBP volume ``(rows, n, n)`` float32 of one time step, and its clipped-value count."""
     from .core.fbp import fbp
 
     projections, clipped = steps.projections(step)
-    return fbp(projections, steps.geometry(step, center_offset), n=steps.n, window=window), clipped
+    geometry = steps.geometry(step, center_offset)
+    volume = fbp(projections, geometry, n=steps.n, window=window, oversample=oversample)
+    return volume, clipped
 
 
 def resolve_center(steps: ScanSteps, config: ReconstructConfig) -> float:
@@ -399,7 +409,9 @@ def _train(
 
     def reconstruct(projections: Any, geometry: ParallelGeometry) -> Any:
         # The same filter as the volumes the denoiser will be applied to.
-        return fbp(projections, geometry, n=steps.n, window=config.filter)
+        return fbp(
+            projections, geometry, n=steps.n, window=config.filter, oversample=config.oversample
+        )
 
     stacks = [steps.projections(s)[0] for s in chosen]
     geometries = [steps.geometry(s, center) for s in chosen]
@@ -478,6 +490,7 @@ def reconstruct_file(
             "method": config.method,
             "center_offset": center,
             "filter": config.filter,
+            "oversample": config.oversample,
             "time_step_rule": steps.steps.rule,
             "first_row": steps.rows.start,
             "detector_shape": [scan.rows, scan.cols],
@@ -527,7 +540,11 @@ def reconstruct_file(
                 writer.append_loss([value for _, value in denoiser.loss_history])
             for done, step in enumerate(steps.selected, start=1):
                 volume, step_clipped = fbp_step(
-                    steps, step, center_offset=center, window=config.filter
+                    steps,
+                    step,
+                    center_offset=center,
+                    window=config.filter,
+                    oversample=config.oversample,
                 )
                 writer.write_step("fbp", step, volume)
                 if denoiser is not None:

@@ -114,6 +114,8 @@ def test_selecting_steps_rows_size_and_filter(tmp_path, rng, n2i):
         48,
         "--filter",
         "shepp-logan",
+        "--oversample",
+        2,
         "--quiet",
     )
     assert code == 0, stderr
@@ -121,6 +123,7 @@ def test_selecting_steps_rows_size_and_filter(tmp_path, rng, n2i):
         assert f["reconstruction/fbp"].shape == (2, 1, 48, 48)
         np.testing.assert_array_equal(f["reconstruction/time_step"][()], [1, 2])
         assert f.attrs["filter"] == "shepp-logan"
+        assert f.attrs["oversample"] == 2
         assert f.attrs["first_row"] == 1
 
 
@@ -218,6 +221,8 @@ def test_config_is_a_typed_frozen_mapping():
         from_mapping(ReconstructConfig, {"input": "a.h5", "output": "b.h5", "bogus": 1})
     with pytest.raises(ConfigError, match="filter 'sharp'"):
         ReconstructConfig(input="a.h5", output="b.h5", filter="sharp")
+    with pytest.raises(ConfigError, match="oversample must be 1, 2, 3 or 4, got 0"):
+        ReconstructConfig(input="a.h5", output="b.h5", oversample=0)
 
 
 def test_auto_center_recovers_a_known_offset(tmp_path, rng, n2i):

@@ -92,6 +92,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--filter", choices=FILTERS, default="ramlak", help="ramp filter window (%(default)s)"
     )
     parser.add_argument(
+        "--oversample",
+        type=int,
+        choices=(1, 2, 3, 4),
+        default=1,
+        help="filtered samples per detector column: 1 interpolates linearly between columns, "
+        "2 is sharper and more accurate but keeps more noise (%(default)s)",
+    )
+    parser.add_argument(
         "--steps",
         type=_range,
         default=(None, None),
@@ -170,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         frames_per_step=args.frames_per_step,
         center_offset=args.center_offset,
         filter=args.filter,
+        oversample=args.oversample,
         steps=args.steps,
         rows=args.rows,
         n=args.size,

@@ -81,21 +81,19 @@ def _module() -> Any:
     )
 
 
-def backproject_cupy(filtered: Any, geometry: ParallelGeometry, *, n: int | None = None) -> Any:
+def backproject_cupy(
+    filtered: Any, geometry: ParallelGeometry, *, n: int | None = None, oversample: int = 1
+) -> Any:
     """Backproject CuPy filtered projections ``(angles, rows, cols)`` → ``(rows, n, n)``.
 
     Same result as :func:`.fbp.backproject_reference` (float32 rounding aside); float64 input
     is computed in float64, anything else in float32. The result stays on the device.
+    ``oversample``: samples per detector column (input ``(angles, rows, oversample·cols)``).
     """
     import cupy as cp
 
     shape = tuple(filtered.shape)
-    expected = (len(geometry), geometry.rows, geometry.cols)
-    if shape != expected:
-        raise GeometryError(
-            f"projections have shape {shape}; "
-            f"the geometry expects (angles, rows, cols) = {expected}"
-        )
+    geometry.check_filtered(shape, oversample)
     n = geometry.cols if n is None else int(n)
     if n < 1:
         raise GeometryError(f"reconstruction size n must be >= 1, got {n}")
@@ -103,9 +101,8 @@ def backproject_cupy(filtered: Any, geometry: ParallelGeometry, *, n: int | None
     name = "backproject<double>" if dtype == cp.float64 else "backproject<float>"
     q = cp.ascontiguousarray(cp.asarray(filtered, dtype=dtype))
     n_angles, rows, cols = shape
-    params = np.stack(
-        [np.cos(geometry.angles), np.sin(geometry.angles), geometry.angular_weights()], axis=1
-    )
+    cosv, sinv, axis = geometry.sample_steps(oversample)
+    params = np.stack([cosv, sinv, geometry.angular_weights()], axis=1)
     params_gpu = cp.asarray(params, dtype=dtype)
     out = cp.empty((rows, n, n), dtype=dtype)
     scalar = np.float64 if dtype == cp.float64 else np.float32
@@ -121,7 +118,7 @@ def backproject_cupy(filtered: Any, geometry: ParallelGeometry, *, n: int | None
             np.int32(rows),
             np.int32(cols),
             np.int32(n),
-            scalar(geometry.axis_column),
+            scalar(axis),
             out,
         ),
     )

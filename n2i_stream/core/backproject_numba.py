@@ -3,9 +3,10 @@
 Two loop orders, chosen by the number of slices, both parallel over output rows ``y``:
 
 - *many slices*: the filtered data is transposed to ``(angles, cols, rows)`` so that one
-  interpolation position (column and fraction, shared by every slice) drives a contiguous,
-  vectorised update of all slices of a pixel; angles are taken in blocks small enough to stay
-  in the L2 cache while a row of pixels is swept.
+  interpolation position (column and weights, shared by every slice and computed once per
+  row and angle) drives a contiguous, vectorised update of all slices of a pixel, four angles
+  at a time; threads take tiles of output rows whose sums stay in the cache while the angles
+  pass in small blocks.
 - *one or few slices*: ``x`` is innermost and the detector position advances by ``cos θ`` per
   pixel; each angle's pixel range is cut to the columns it can reach, so the loop needs no
   bounds tests, and four angles share one pass over the output row.
@@ -28,16 +29,17 @@ from .geometry import ParallelGeometry
 __all__ = ["MANY_SLICES", "backproject_numba"]
 
 #: From this many slices on, the slice-innermost loop order is faster than ``x`` innermost.
-MANY_SLICES = 8
+MANY_SLICES = 4
 
 # Zero columns padded on each side of a projection row (few-slice kernel): reads just outside
 # the reachable range land on zeros, so rounding at the range ends can never index out of bounds.
 _PAD = 2
 # Fused multiply-add and sign-of-zero freedom only: no NaN/Inf assumptions, no reassociation.
 _FASTMATH = {"contract", "nsz", "arcp"}
-# Bytes of filtered data per angle block of the many-slice kernel (kept in L2 while a row of
-# pixels is swept).
-_BLOCK_BYTES = 256 * 1024
+# Many-slice kernel: angles per block, and the bytes of sums a thread keeps for its tile of
+# output rows (tiles stay in L2 together with a block of filtered data).
+_BLOCK = 8
+_TILE_BYTES = 256 * 1024
 
 
 @njit(inline="always")
@@ -161,36 +163,87 @@ def _backproject_few(q, cosv, sinv, weights, axis, n, out):  # type: ignore[no-u
     return out
 
 
+@njit(inline="always")
+def _taps(cosv, sinv, weights, axis, cols, half, y, a0, nb, n, col, w0, w1):  # type: ignore[no-untyped-def]
+    """Interpolation taps of angles ``a0 .. a0+nb-1`` for the pixels of output row ``y``.
+
+    ``col[m, j]`` is the left padded column, ``w0``/``w1`` its weight and its right
+    neighbour's (angular weight included); a position off the detector gets zero weights on
+    the zero column, so the sweep that uses them needs no bounds tests.
+    """
+    t = w0.dtype.type
+    for m in range(nb):
+        a = a0 + m
+        base = y * sinv[a] + axis + 1.0 - half * cosv[a]  # +1: the zero column on the left
+        step = cosv[a]
+        wa = weights[a]
+        for j in range(n):
+            c = base + j * step
+            inside = c > 0.0 and c < cols + 1.0
+            c = c if inside else 0.0
+            k = np.uint32(c)
+            g1 = (wa if inside else 0.0) * (c - k)
+            col[m, j] = k
+            w0[m, j] = t((wa if inside else 0.0) - g1)
+            w1[m, j] = t(g1)
+
+
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _backproject_many(q, cosv, sinv, weights, axis, n, block, out):  # type: ignore[no-untyped-def]
-    """``q`` ``(angles, cols + 2, rows)`` (one zero column each side) → ``out`` ``(n, n, rows)``."""
+def _backproject_many(q, cosv, sinv, weights, axis, n, block, tile, out):  # type: ignore[no-untyped-def]
+    """``q`` ``(angles, cols + 2, rows)`` (one zero column each side) → ``out`` ``(rows, n, n)``.
+
+    Threads take tiles of ``tile`` output rows; a tile's sums stay in a small buffer while the
+    angles pass in blocks of ``block``, so each block of filtered data is read from the cache
+    once per tile rather than once per row, and four angles update a pixel's slices together.
+    """
     n_angles, width, rows = q.shape
     cols = width - 2
     half = (n - 1) * 0.5
-    t = q.dtype.type
     one = np.uint32(1)
-    for i in prange(n):
-        y = i - half
-        base = np.empty(n_angles)
-        for a in range(n_angles):
-            base[a] = y * sinv[a] + axis + 1.0  # +1: the zero column on the left
+    for it in prange((n + tile - 1) // tile):
+        i0 = it * tile
+        i1 = min(n, i0 + tile)
+        col = np.empty((block, n), np.uint32)
+        w0 = np.empty((block, n), q.dtype)
+        w1 = np.empty((block, n), q.dtype)
+        acc = np.zeros((i1 - i0, n, rows), q.dtype)
         for a0 in range(0, n_angles, block):
-            a1 = min(n_angles, a0 + block)
+            nb = min(n_angles, a0 + block) - a0
+            for i in range(i0, i1):
+                _taps(cosv, sinv, weights, axis, cols, half, i - half, a0, nb, n, col, w0, w1)
+                for j in range(n):
+                    o = acc[i - i0, j]
+                    m = 0
+                    while m + 4 <= nb:
+                        a = a0 + m
+                        l0 = q[a, col[m, j]]
+                        r0 = q[a, col[m, j] + one]
+                        l1 = q[a + 1, col[m + 1, j]]
+                        r1 = q[a + 1, col[m + 1, j] + one]
+                        l2 = q[a + 2, col[m + 2, j]]
+                        r2 = q[a + 2, col[m + 2, j] + one]
+                        l3 = q[a + 3, col[m + 3, j]]
+                        r3 = q[a + 3, col[m + 3, j] + one]
+                        u0, v0 = w0[m, j], w1[m, j]
+                        u1, v1 = w0[m + 1, j], w1[m + 1, j]
+                        u2, v2 = w0[m + 2, j], w1[m + 2, j]
+                        u3, v3 = w0[m + 3, j], w1[m + 3, j]
+                        for r in range(rows):
+                            o[r] += (u0 * l0[r] + v0 * r0[r] + u1 * l1[r] + v1 * r1[r]) + (
+                                u2 * l2[r] + v2 * r2[r] + u3 * l3[r] + v3 * r3[r]
+                            )
+                        m += 4
+                    while m < nb:
+                        l0 = q[a0 + m, col[m, j]]
+                        r0 = q[a0 + m, col[m, j] + one]
+                        u0, v0 = w0[m, j], w1[m, j]
+                        for r in range(rows):
+                            o[r] += u0 * l0[r] + v0 * r0[r]
+                        m += 1
+        for i in range(i0, i1):
             for j in range(n):
-                x = j - half
-                acc = out[i, j]
-                for a in range(a0, a1):
-                    c = x * cosv[a] + base[a]
-                    # Padded column c in (0, cols + 1) touches the detector; elsewhere zeros only.
-                    if c <= 0.0 or c >= cols + 1.0:
-                        continue
-                    k = np.uint32(c)
-                    g1 = t(weights[a] * (c - k))
-                    g0 = t(weights[a]) - g1
-                    q0 = q[a, k]
-                    q1 = q[a, k + one]
-                    for r in range(rows):
-                        acc[r] += g0 * q0[r] + g1 * q1[r]
+                for r in range(rows):
+                    out[r, i, j] = acc[i - i0, j, r]
     return out
 
 
@@ -205,48 +258,31 @@ def _to_slices_innermost(filtered, q):  # type: ignore[no-untyped-def]
     return q
 
 
-@njit(parallel=True, cache=True)
-def _to_slices_outermost(volume, out):  # type: ignore[no-untyped-def]
-    """``volume`` ``(n, n, rows)`` → ``out`` ``(rows, n, n)``."""
-    n, _, rows = volume.shape
-    for i in prange(n):
-        for j in range(n):
-            for r in range(rows):
-                out[r, i, j] = volume[i, j, r]
-    return out
-
-
-def backproject_numba(filtered: Any, geometry: ParallelGeometry, *, n: int | None = None) -> Any:
+def backproject_numba(
+    filtered: Any, geometry: ParallelGeometry, *, n: int | None = None, oversample: int = 1
+) -> Any:
     """Backproject filtered projections ``(angles, rows, cols)`` → ``(rows, n, n)`` on the CPU.
 
     Same result as :func:`.fbp.backproject_reference` (float32 rounding aside). Float32 and
     float64 inputs are computed and returned in their own precision; other dtypes become float32.
+    ``oversample``: samples per detector column (input ``(angles, rows, oversample·cols)``).
     Threads: numba's (``numba.set_num_threads`` or ``NUMBA_NUM_THREADS``).
     """
     arr = np.asarray(filtered)
-    expected = (len(geometry), geometry.rows, geometry.cols)
-    if arr.shape != expected:
-        raise GeometryError(
-            f"projections have shape {arr.shape}; "
-            f"the geometry expects (angles, rows, cols) = {expected}"
-        )
+    geometry.check_filtered(arr.shape, oversample)
     dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.dtype(np.float32)
     n = geometry.cols if n is None else int(n)
     if n < 1:
         raise GeometryError(f"reconstruction size n must be >= 1, got {n}")
     n_angles, rows, cols = arr.shape
-    cosv = np.cos(geometry.angles)
-    sinv = np.sin(geometry.angles)
+    cosv, sinv, axis = geometry.sample_steps(oversample)
     weights = np.asarray(geometry.angular_weights(), dtype=np.float64)
-    axis = float(geometry.axis_column)
     if rows >= MANY_SLICES:
         q = np.zeros((n_angles, cols + 2, rows), dtype=dtype)
         _to_slices_innermost(np.ascontiguousarray(arr, dtype=dtype), q)
-        per_angle = (cols + 2) * rows * q.itemsize
-        block = int(min(64, max(2, _BLOCK_BYTES // per_angle)))
-        volume = np.zeros((n, n, rows), dtype=dtype)
-        _backproject_many(q, cosv, sinv, weights, axis, n, block, volume)
-        return _to_slices_outermost(volume, np.empty((rows, n, n), dtype=dtype))
+        tile = int(min(16, max(1, _TILE_BYTES // (n * rows * q.itemsize))))
+        out = np.empty((rows, n, n), dtype=dtype)
+        return _backproject_many(q, cosv, sinv, weights, axis, n, _BLOCK, tile, out)
     q = np.zeros((n_angles, rows, cols + 2 * _PAD), dtype=dtype)
     q[:, :, _PAD : _PAD + cols] = arr
     out = np.zeros((rows, n, n), dtype=dtype)

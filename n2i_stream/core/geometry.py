@@ -146,6 +146,30 @@ class ParallelGeometry:
         """Fractional detector column at detector coordinate ``t``."""
         return t + self.axis_column
 
+    def check_filtered(self, shape: tuple[int, ...], oversample: int = 1) -> None:
+        """Raise :class:`GeometryError` unless ``shape`` is ``(angles, rows, oversample·cols)``.
+
+        The shape of (filtered) projections that a backprojector accepts: ``oversample`` samples
+        per detector column, as :func:`.filters.filter_projections` returns them.
+        """
+        if int(oversample) != oversample or oversample < 1:
+            raise GeometryError(f"oversample must be a positive integer, got {oversample!r}")
+        expected = (len(self), self.rows, int(oversample) * self.cols)
+        if tuple(shape) != expected:
+            what = "cols" if oversample == 1 else f"{int(oversample)}·cols"
+            raise GeometryError(
+                f"projections have shape {tuple(shape)}; "
+                f"the geometry expects (angles, rows, {what}) = {expected}"
+            )
+
+    def sample_steps(self, oversample: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(cos θ, sin θ, axis)`` in units of samples ``1/oversample`` of a column wide.
+
+        Pixel ``(x, y)`` reads sample ``x·cos + y·sin + axis`` of the angle's projection.
+        """
+        os_ = float(oversample)
+        return np.cos(self.angles) * os_, np.sin(self.angles) * os_, self.axis_column * os_
+
     def angular_weights(self) -> np.ndarray:
         """Each angle's share of the half circle (radians, sums to π): :func:`angular_weights`."""
         if self._weights is None:
