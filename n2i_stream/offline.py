@@ -18,6 +18,7 @@ failing step has its FBP and an unwritten (NaN) denoised slot, and the error say
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,8 @@ class N2IConfig:
     seed: int | None = None  # seed of initialisation and crop sampling
     threads: int | None = None  # torch CPU threads for training (0: every core)
     device: Literal["auto", "cpu", "cuda"] | None = None  # where to train and denoise
+    #: take the FBP's spatial scales coarser than a Gaussian of this many pixels (None: off)
+    keep_low: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -149,6 +152,8 @@ class N2IConfig:
                 )
         if self.dynamics_start is not None and self.dynamics_start < 0:
             problems.append(f"--dynamics-start must be >= 0, got {self.dynamics_start}")
+        if self.keep_low is not None and not (math.isfinite(self.keep_low) and self.keep_low > 0):
+            problems.append(f"--keep-low must be > 0 pixels, got {self.keep_low}")
         if problems:
             raise ConfigError("Noise2Inverse: " + "; ".join(problems))
 
@@ -433,12 +438,14 @@ def _train(
         raise TrainingError(f"{exc}; no results file was written") from exc
 
 
-def _denoise(denoiser: Denoiser, volume: np.ndarray, step: int, output: str) -> np.ndarray:
+def _denoise(
+    denoiser: Denoiser, volume: np.ndarray, step: int, output: str, keep_low: float | None
+) -> np.ndarray:
     import numpy as np
 
     from .learn import denoise_volume
 
-    clean = np.asarray(denoise_volume(denoiser, volume), dtype=np.float32)
+    clean = np.asarray(denoise_volume(denoiser, volume, keep_low=keep_low or 0.0), np.float32)
     if not np.isfinite(clean).all():
         raise ModelError(
             f"the denoiser's output for time step {step} is not finite (a broken model?); "
@@ -480,6 +487,7 @@ def reconstruct_file(
     training = n2i is not None and n2i.trains
     train_config = n2i.train_config() if training else None
     denoiser = _load_model(n2i) if n2i is not None and not training else None
+    keep_low = n2i.keep_low if n2i is not None else None
     with DataExchangeFile(config.input) as scan:
         steps = ScanSteps(scan, config)
         chosen = training_steps(steps, n2i) if n2i is not None and training else range(0)
@@ -491,6 +499,7 @@ def reconstruct_file(
             "center_offset": center,
             "filter": config.filter,
             "oversample": config.oversample,
+            "keep_low": keep_low or 0.0,
             "time_step_rule": steps.steps.rule,
             "first_row": steps.rows.start,
             "detector_shape": [scan.rows, scan.cols],
@@ -549,7 +558,7 @@ def reconstruct_file(
                 writer.write_step("fbp", step, volume)
                 if denoiser is not None:
                     writer.write_step(
-                        "denoised", step, _denoise(denoiser, volume, step, config.output)
+                        "denoised", step, _denoise(denoiser, volume, step, config.output, keep_low)
                     )
                 clipped += step_clipped
                 if progress is not None:

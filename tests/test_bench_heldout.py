@@ -12,6 +12,7 @@ from n2i_stream.bench.heldout import (
     HeldoutConfig,
     format_report,
     heldout_check,
+    keep_low_name,
     mse_advantage,
     prediction_error,
     sample_support,
@@ -92,7 +93,7 @@ def small_training(iterations):
 
 def test_check_on_a_simulated_scan(rng):
     projections, theta = static_scan(rng, angles=60)
-    config = HeldoutConfig(every=5, center_offset=1.5)
+    config = HeldoutConfig(every=5, center_offset=1.5, keep_low=(2.0, 4.0))
     report = heldout_check(projections, theta, small_training(5), config)
     assert report.held_out == tuple(range(2, 60, 5))
     assert report.used == 48
@@ -100,18 +101,22 @@ def test_check_on_a_simulated_scan(rng):
     assert abs(report.air_level) < 0.02  # the simulation has no flat-field drift
     assert set(report.errors) == {"sample", "field of view"}
     for region, errors in report.errors.items():
-        assert tuple(errors) == METHODS
+        assert tuple(errors) == (*METHODS, keep_low_name(2.0), keep_low_name(4.0))
         assert all(np.isfinite(e.rmse) and e.values > 0 for e in errors.values())
         # The noise of the held-out projections is the floor no prediction gets under.
         assert 0 < report.noise_floor[region] < errors["FBP"].rmse
-        gain, se = report.advantage[region]
-        assert report.better(region) == (errors["Noise2Inverse"].rmse < errors["FBP"].rmse)
-        assert (gain > 0) == report.better(region)
-        assert se > 0
+        assert set(report.advantage[region]) == set(errors) - {"FBP"}
+        for method, (gain, se) in report.advantage[region].items():
+            assert report.better(region, method) == (errors[method].rmse < errors["FBP"].rmse)
+            assert (gain > 0) == report.better(region, method)
+            assert se > 0
     assert report.training["iterations"] == 5
     text = format_report(report, path="sim", step="time step 0 of 1", every=5)
     assert "12 projections held out (every 5th, from 2), 48 used" in text
     assert "adjoint of our backprojector" in text
+    assert f"sample: {keep_low_name(4.0)} predicts the held-out projections" in text
+    with pytest.raises(ConfigError, match="keep_low sigmas must be > 0"):
+        HeldoutConfig(keep_low=(0.0,))
 
 
 @pytest.mark.slow
@@ -119,7 +124,7 @@ def test_a_trained_denoiser_predicts_unseen_angles_better_on_noisy_data(rng):
     projections, theta = static_scan(rng, photons=200.0)
     report = heldout_check(projections, theta, small_training(400), HeldoutConfig(every=5))
     assert report.center_offset == pytest.approx(1.5, abs=0.5)
-    gain, se = report.advantage["sample"]
+    gain, se = report.advantage["sample"]["Noise2Inverse"]
     assert report.better("sample"), format_report(report, path="sim", step="-", every=5)
     assert gain > 2 * se
 

@@ -7,7 +7,13 @@ import pytest
 from scipy import ndimage
 
 from n2i_stream import ConfigError
-from n2i_stream.core.denoise import divergence, gaussian_filter, gradient, tv_denoise
+from n2i_stream.core.denoise import (
+    divergence,
+    gaussian_filter,
+    gradient,
+    keep_low_frequencies,
+    tv_denoise,
+)
 
 
 def blocks(n: int = 48) -> np.ndarray:
@@ -85,3 +91,25 @@ def test_tv_3d_uses_neighbouring_slices(rng):
     in_plane = tv_denoise(noisy, 0.15, n_iter=100, dims=2)
     volumetric = tv_denoise(noisy, 0.15, n_iter=100, dims=3)
     assert rmse(volumetric, truth) < rmse(in_plane, truth)
+
+
+def test_keep_low_frequencies_takes_coarse_scales_from_the_reference(xp, rng):
+    reference = rng.standard_normal((2, 40, 40))
+    yy, xx = np.mgrid[:40, :40]
+    fine = 0.3 * (-1.0) ** (yy + xx)  # the finest pattern a grid holds
+    shifted = reference + fine + 0.2 + 0.01 * xx  # a fine pattern and a coarse shift
+    out = np.asarray(keep_low_frequencies(xp.asarray(shifted), xp.asarray(reference), 3.0))
+    # The coarse shift is gone (up to the mirrored edges); the fine pattern is kept.
+    inner = (slice(None), slice(12, -12), slice(12, -12))
+    np.testing.assert_allclose(out[inner], (reference + fine)[inner], atol=2e-3)
+    same = np.asarray(keep_low_frequencies(xp.asarray(reference), xp.asarray(reference), 2.0))
+    np.testing.assert_allclose(same, reference, atol=1e-12)
+    single = keep_low_frequencies(reference.astype(np.float32), reference, 2.0)
+    assert single.dtype == np.float32
+
+
+def test_keep_low_frequencies_rejects_bad_input():
+    with pytest.raises(ConfigError, match="sigma must be > 0"):
+        keep_low_frequencies(np.zeros((4, 4)), np.zeros((4, 4)), 0.0)
+    with pytest.raises(ConfigError, match=r"image \(4, 4\) and reference \(4, 5\)"):
+        keep_low_frequencies(np.zeros((4, 4)), np.zeros((4, 5)), 1.0)

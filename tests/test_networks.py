@@ -123,6 +123,29 @@ def test_tiled_inference_matches_whole_slices():
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_keep_low_replaces_the_networks_coarse_scales():
+    from n2i_stream.core.denoise import keep_low_frequencies
+
+    class Offset(nn.Module):  # a network whose only error is a constant shift
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.w * x[:, 1:2] + 0.5
+
+    den = denoiser_of(Offset(), 1)
+    volume = np.random.default_rng(1).random((3, 20, 20)).astype(np.float32)
+    plain = denoise_volume(den, volume)
+    np.testing.assert_allclose(plain, volume + 0.5, atol=1e-6)
+    kept = denoise_volume(den, volume, keep_low=2.0)
+    assert kept.dtype == np.float32
+    np.testing.assert_allclose(kept, volume, atol=1e-5)  # the shift is coarse: gone
+    np.testing.assert_allclose(kept, keep_low_frequencies(plain, volume, 2.0), atol=1e-6)
+    with pytest.raises(DataError, match="keep_low must be >= 0"):
+        denoise_volume(den, volume, keep_low=-1.0)
+
+
 def test_tile_starts_cover_the_slice():
     assert tile_starts(50, 64, 8) == [0]
     starts = tile_starts(100, 32, 4)

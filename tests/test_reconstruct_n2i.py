@@ -139,6 +139,20 @@ def test_model_reuse_gives_the_same_volumes(trained, scan_file, tmp_path, capsys
     assert "training_steps" not in b["attrs"]
 
 
+def test_keep_low_takes_the_fbps_coarse_scales(trained, scan_file, tmp_path):
+    from n2i_stream.core.denoise import keep_low_frequencies
+
+    first, model = trained
+    out = tmp_path / "kept.h5"
+    assert n2i(scan_file, "--out", out, "--model", model, "--keep-low", 3, "--quiet") == 0
+    a, b = read(first), read(out)
+    assert b["attrs"]["keep_low"] == 3.0
+    assert a["attrs"]["keep_low"] == 0.0
+    np.testing.assert_array_equal(b["fbp"], a["fbp"])
+    expected = keep_low_frequencies(a["denoised"][4], a["fbp"][4], 3.0)
+    np.testing.assert_allclose(b["denoised"][4], expected, atol=1e-6)
+
+
 def test_progress_and_summary_reach_the_terminal(trained, scan_file, tmp_path, capsys):
     _, model = trained
     assert n2i(scan_file, "--out", tmp_path / "r.h5", "--model", model, "--steps", "4") == 0
@@ -171,6 +185,7 @@ def test_progress_and_summary_reach_the_terminal(trained, scan_file, tmp_path, c
         (["--model", "MODEL", "--center-offset", 2], "center_offset: model 0.0, asked 2.0"),
         (["--model", "MODEL", "--iterations", 3], "--iterations only applies to training"),
         (["--model", "missing.pt"], "missing.pt: no such model file"),
+        (["--model", "MODEL", "--keep-low", 0], "--keep-low must be > 0 pixels, got 0.0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_file(

@@ -242,8 +242,9 @@ def test_bench_quality_runs_on_a_tiny_scan(capsys):
 
     argv = ["bench", "quality", "--width", "40", "--rows", "3", "--steps", "4", "--per-step"]
     argv += ["24", "--train-steps", "2", "--iterations", "3", "--no-baselines", "--threads", "1"]
-    assert main(argv) == 0
+    assert main([*argv, "--keep-low", "4"]) == 0
     out = capsys.readouterr().out
     assert "FBP" in out
     assert "Noise2Inverse" in out
+    assert "Noise2Inverse, coarse from FBP σ=4" in out
     assert "3 iterations" in out

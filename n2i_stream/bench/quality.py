@@ -57,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--static", action="store_true", help="static strategy: full-recon vs split-average"
     )
+    parser.add_argument(
+        "--keep-low",
+        type=float,
+        action="append",
+        metavar="PX",
+        help="also score the main network with the FBP's scales coarser than a Gaussian of PX "
+        "pixels (repeatable; what `reconstruct --keep-low` costs on this scan)",
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip Gaussian, TV and Paganin")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -243,9 +251,16 @@ def baselines(scan: Scan, score: Scorer) -> list[Row]:
 
 
 def train_and_score(
-    scan: Scan, score: Scorer, config: Any, train_steps: int, label: str
-) -> tuple[Row, dict[str, Any]]:
-    """Noise2Inverse (dynamic strategy) on the quiet steps, applied to the evaluation steps."""
+    scan: Scan,
+    score: Scorer,
+    config: Any,
+    train_steps: int,
+    label: str,
+    keep_low: Sequence[float] = (),
+) -> tuple[list[Row], dict[str, Any]]:
+    """Noise2Inverse (dynamic strategy) on the quiet steps, applied to the evaluation steps;
+    one more row per ``keep_low`` sigma (the FBP's coarse scales kept)."""
+    from ..core.denoise import keep_low_frequencies
     from ..learn import count_parameters, denoise_volume, train_dynamic
 
     last = [0.0]
@@ -276,7 +291,12 @@ def train_and_score(
         f"{config.network}, C={config.context}, {info['parameters']:,} params, "
         f"{info['iterations']} it in {info['train_seconds']:.0f} s"
     )
-    return replace(row, method=label, note=note), info
+    rows = [replace(row, method=label, note=note)]
+    for sigma in keep_low:
+        pairs = zip(denoised, score.steps, strict=True)
+        kept = [keep_low_frequencies(d, scan.fbp[k], sigma) for d, k in pairs]
+        rows.append(replace(score(kept), method=f"{label}, coarse from FBP σ={sigma:g}"))
+    return rows, info
 
 
 def static_comparison(scan: Scan, config: Any, train_steps: int) -> dict[str, Any]:
@@ -358,10 +378,11 @@ def run(args: argparse.Namespace) -> int:
             if name != config.network
         ]
     networks = {}
-    for cfg, label in runs:
+    for i, (cfg, label) in enumerate(runs):
         _log(f"training {label} ({cfg.network}, context {cfg.context}) ...")
-        row, info = train_and_score(scan, score, cfg, args.train_steps, label)
-        rows.append(row)
+        keep = (args.keep_low or []) if i == 0 else []
+        more, info = train_and_score(scan, score, cfg, args.train_steps, label, keep)
+        rows += more
         networks[label] = info
     results["rows"] = [r.__dict__ for r in rows]
     results["networks"] = networks

@@ -40,6 +40,10 @@ _N2I_OPTIONS: dict[str, tuple[str, Any, str | None, str]] = {
     "--seed": ("seed", int, "S", "seed of initialisation and crops"),
     "--threads": ("threads", int, "N", "torch threads for training (0: every core)"),
     "--device": ("device", ("auto", "cpu", "cuda"), None, "where to train and denoise (auto)"),
+    "--keep-low": (
+        "keep_low", float, "PX", "take the FBP's scales coarser than a Gaussian of PX pixels "
+        "(sparse-angle scans, where the network shifts them; off)"
+    ),
 }  # fmt: skip
 
 

@@ -17,7 +17,14 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ._xp import array_namespace
 
-__all__ = ["divergence", "gaussian_filter", "gradient", "shrink_to_ball", "tv_denoise"]
+__all__ = [
+    "divergence",
+    "gaussian_filter",
+    "gradient",
+    "keep_low_frequencies",
+    "shrink_to_ball",
+    "tv_denoise",
+]
 
 
 def _floating(volume: Any) -> Any:
@@ -86,6 +93,30 @@ def gaussian_filter(
         if s > 0:
             out = _convolve_axis(out, _gaussian_kernel(s, truncate), axis)
     return out
+
+
+def keep_low_frequencies(image: Any, reference: Any, sigma: float, *, dims: int = 2) -> Any:
+    """``image`` with its spatial frequencies below ``sigma`` taken from ``reference``.
+
+    ``image + G_σ * (reference − image)`` over the trailing ``dims`` axes (Gaussian of ``sigma``
+    pixels, edges mirrored). With ``reference`` an FBP and ``image`` its denoised version, the
+    result keeps the denoiser's fine scales and the FBP's coarse ones: a ramp-filtered
+    reconstruction is unbiased and carries little noise at low frequencies, while a network
+    trained on split reconstructions can shift them (undersampling streaks in the splits,
+    batch statistics), which barely shows in a slice but adds up along every ray. Returns
+    ``image``'s floating dtype.
+    """
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ConfigError(f"keep_low_frequencies: sigma must be > 0 pixels, got {sigma!r}")
+    if tuple(image.shape) != tuple(reference.shape):
+        raise ConfigError(
+            f"keep_low_frequencies: image {tuple(image.shape)} and reference "
+            f"{tuple(reference.shape)} differ in shape"
+        )
+    image = _floating(image)
+    xp = array_namespace(image)
+    reference = xp.astype(xp.asarray(reference), image.dtype)
+    return image + gaussian_filter(reference - image, sigma, dims=dims)
 
 
 def gradient(u: Any, dims: int) -> list[Any]:

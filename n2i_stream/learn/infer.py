@@ -8,12 +8,14 @@ The 2021 paper applies the network to the reconstruction from *all* measurements
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
 
+from ..core.denoise import keep_low_frequencies
 from ..errors import DataError
 from .device import from_torch, to_torch
 from .model import Denoiser
@@ -75,6 +77,7 @@ def denoise_volume(
     overlap: int = 16,
     precision: Precision = "float32",
     channels_last: bool | None = None,
+    keep_low: float = 0.0,
 ) -> Any:
     """Denoise a reconstruction ``(slices, n, n)`` (or ``(channels, slices, n, n)``).
 
@@ -83,9 +86,14 @@ def denoise_volume(
     volume may exceed its memory. With ``tile`` set, slices larger than ``tile`` are cut into
     overlapping tiles. ``precision="bfloat16"`` runs under autocast (slower than float32 on
     CPUs without bf16 units). ``channels_last`` (NHWC) defaults to what training uses: on for
-    U-Net and DnCNN on a CPU (1.4-1.7x faster, same result to 1e-7). Returns a float32 array
-    of the input's type (NumPy, CuPy or torch).
+    U-Net and DnCNN on a CPU (1.4-1.7x faster, same result to 1e-7). ``keep_low`` > 0 takes
+    the spatial frequencies below a Gaussian of that many pixels from the input instead of the
+    network (:func:`~n2i_stream.core.denoise.keep_low_frequencies`): for sparse-angle scans,
+    where the network's coarse scales drift from the measurements. Returns a float32 array of
+    the input's type (NumPy, CuPy or torch).
     """
+    if not (keep_low >= 0 and math.isfinite(keep_low)):
+        raise DataError(f"keep_low must be >= 0 pixels (0: off), got {keep_low!r}")
     network = denoiser.network.eval()
     device = next(network.parameters()).device
     if channels_last is None:
@@ -123,7 +131,10 @@ def denoise_volume(
                 x = x.contiguous(memory_format=torch.channels_last)
             y = _apply_tiled(network, x, c, tile, overlap)
             out[:, z0:z1] = (y.float() * s + m).transpose(0, 1).to(out.device)
-    return from_torch(out[0] if squeeze else out, volume)
+    result = from_torch(out[0] if squeeze else out, volume)
+    if keep_low > 0:
+        result = keep_low_frequencies(result, volume[0] if squeeze else volume, keep_low)
+    return result
 
 
 def denoise_split_average(denoiser: Denoiser, inputs: Sequence[Any], **options: Any) -> Any:
