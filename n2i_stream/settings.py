@@ -199,6 +199,8 @@ class ScanDefaults:
     train_iterations: int | None = None  # training step budget
     train_steps: int | None = None  # K, the steps before the sample changes
     filter: str | None = None  # FBP ramp filter window
+    oversample: int | None = None  # FBP samples per detector column
+    keep_low: float | None = None  # denoised: the FBP's scales coarser than this, px (0: off)
     center_offset: float | Literal["auto"] | None = None  # rotation axis offset, px, or "auto"
     close_lag: int | None = None  # a step missing frames is closed this many steps later
     publish: Literal["volume"] | tuple[int, ...] | None = None  # whole volumes or z-slices

@@ -183,6 +183,26 @@ def test_denoised_steps_equal_the_offline_path_with_the_same_model(
     assert len(loopback.service.run.latencies()) == SIM.steps
 
 
+def test_oversample_and_keep_low_reach_the_live_results(loopback, frames, offline, tmp_path):
+    from n2i_stream.learn import denoise_volume, load_checkpoint
+
+    sub = loopback.subscribe()
+    service = loopback.service
+    service.configure(
+        scan(tmp_path, model=offline["model"], scan_id="sharp", oversample=2, keep_low=3.0)
+    )
+    send(loopback, frames, "n2i")
+    assert service.wait_for({"done", "failed"}, timeout=60) == "done"
+    sub.wait_for(lambda r: len(r) == 2 * SIM.steps, timeout=30)
+    model = load_checkpoint(offline["model"])
+    for s in (0, SIM.steps - 1):
+        volume = fbp(offline["line_integrals"][s], offline["geometries"][s], oversample=2)
+        np.testing.assert_allclose(sub.of_kind("fbp")[s], volume, **TOL)
+        expected = denoise_volume(model, volume, keep_low=3.0)
+        np.testing.assert_allclose(sub.of_kind("denoised")[s], expected, **TOL)
+    assert not np.allclose(sub.of_kind("fbp")[0], offline["fbp"][0], **TOL)  # it did change
+
+
 FAULTS = {
     "bad messages": StreamFaults(bad_messages=10, seed=1),
     "duplicates": StreamFaults(duplicate=0.1, seed=2),

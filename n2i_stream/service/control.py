@@ -47,8 +47,10 @@ ids); ``id_bits`` int|null; ``train_steps`` K (2 <= K < steps); ``center_offset`
 ``network`` "unet"|"msd"|"dncnn"|null (null: the learning code's default); ``train_minutes``
 number; ``train_iterations`` int|null;
 ``model`` checkpoint path|null (skip training); ``output`` results HDF5 path|null;
-``overwrite`` bool; ``publish`` "volume" or [z-slice indices]; ``filter`` ramp window; ``n``
-reconstruction size|null; ``close_lag`` int; ``training`` {``depth``, ``width``, ``context``,
+``overwrite`` bool; ``publish`` "volume" or [z-slice indices]; ``filter`` ramp window;
+``oversample`` 1-4 (FBP samples per detector column); ``keep_low`` pixels (the denoised volume
+takes the FBP's scales coarser than this Gaussian; 0: off); ``n`` reconstruction size|null;
+``close_lag`` int; ``training`` {``depth``, ``width``, ``context``,
 ``crop``, ``batch``, ``lr``, ``seed``; each null or absent: the learning code's default}.
 
 STATUS:

@@ -489,7 +489,13 @@ class ScanRun:
             device = next(model.network.parameters()).device
             nhwc = self.options.channels_last and device.type == "cpu" and model.spec.name != "msd"
             while (item := self._backlog.get()) is not _END:
-                volume = denoise_volume(model, item.volume, batch=batch, channels_last=nhwc)
+                volume = denoise_volume(
+                    model,
+                    item.volume,
+                    batch=batch,
+                    channels_last=nhwc,
+                    keep_low=self.scan.keep_low,
+                )
                 result = self._result(item.time_step, "denoised", volume, item.missing)
                 self._emit(result, item.last_frame_at, final=item.live)
         except Exception as exc:

@@ -424,7 +424,8 @@ class ResumePlan:
                 from ..learn import denoise_volume
 
                 def denoise(volume: np.ndarray) -> np.ndarray:
-                    return np.asarray(denoise_volume(model, volume, batch=batch))
+                    kept = denoise_volume(model, volume, batch=batch, keep_low=self.scan.keep_low)
+                    return np.asarray(kept)
 
             return recover_results(
                 output, self.content, resumed=self.record.resumed, denoise=denoise

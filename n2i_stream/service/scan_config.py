@@ -86,6 +86,8 @@ class ScanConfig:
     overwrite: bool = False  # replace an existing output file
     publish: Literal["volume"] | tuple[int, ...] = "volume"  # whole volume or these z-slices
     filter: str = "ramlak"  # FBP ramp filter window
+    oversample: int = 1  # FBP: filtered samples per detector column (2: sharper, more noise)
+    keep_low: float = 0.0  # denoised: FBP's scales coarser than this Gaussian, px (0: off)
     n: int | None = None  # reconstruction size n × n (None: detector columns)
     close_lag: int = 2  # a step missing frames is closed once step s + close_lag begins
     training: TrainingOptions = field(default_factory=TrainingOptions)  # network details
@@ -110,6 +112,10 @@ class ScanConfig:
             problems.append(f"train_iterations: expected >= 1 or null, got {self.train_iterations}")
         if self.filter not in FILTERS:
             problems.append(f"filter: expected one of {list(FILTERS)}, got {self.filter!r}")
+        if self.oversample not in (1, 2, 3, 4):
+            problems.append(f"oversample: expected 1, 2, 3 or 4, got {self.oversample!r}")
+        if not (math.isfinite(self.keep_low) and self.keep_low >= 0):
+            problems.append(f"keep_low: expected >= 0 pixels (0: off), got {self.keep_low}")
         if self.n is not None and self.n < 1:
             problems.append(f"n: expected >= 1 or null, got {self.n}")
         if isinstance(self.publish, tuple):

@@ -75,6 +75,8 @@ class SlabTask:
     filter: str = "ramlak"
     model: str | None = None  # checkpoint path, on a filesystem every worker sees
     context: int = 0  # the model's context slices (the halo)
+    oversample: int = 1  # FBP: filtered samples per detector column
+    keep_low: float = 0.0  # denoised: the FBP's scales coarser than this Gaussian, px
 
 
 def _header(message: list[Any]) -> dict[str, Any]:
@@ -129,12 +131,18 @@ class _Worker:
                 header["angles"], rows=hi - lo, cols=header["cols"],
                 center_offset=header["center_offset"],
             )  # fmt: skip
-            volume = np.asarray(fbp(payload, geometry, n=header["n"], window=header["filter"]))
+            volume = np.asarray(
+                fbp(
+                    payload, geometry, n=header["n"], window=header["filter"],
+                    oversample=header["oversample"],
+                )
+            )  # fmt: skip
         out = [] if op == "denoise" else [volume[a - lo : b - lo]]
         if op in ("denoise", "both"):
             from ..learn import denoise_volume
 
-            denoised = denoise_volume(self.model(header["model"]), volume)
+            model = self.model(header["model"])
+            denoised = denoise_volume(model, volume, keep_low=header["keep_low"])
             out.append(np.asarray(denoised)[a - lo : b - lo])
         return [np.ascontiguousarray(v, dtype=np.float32) for v in out]
 
@@ -350,7 +358,8 @@ class SlabPool:
             header = {
                 "htype": TASK, "task": task_id, "op": task.op, "rows": [a, b], "halo": [lo, hi],
                 "shape": list(data.shape), "kinds": kinds, "n": task.n, "filter": task.filter,
-                "model": task.model, "context": task.context,
+                "model": task.model, "context": task.context, "oversample": task.oversample,
+                "keep_low": task.keep_low,
             }  # fmt: skip
             if task.geometry is not None:
                 g = task.geometry

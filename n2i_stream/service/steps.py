@@ -39,7 +39,10 @@ def reconstruct_step(
     line_integrals: np.ndarray, geometry: ParallelGeometry, scan: ScanConfig
 ) -> np.ndarray:
     """FBP volume ``(rows, n, n)`` float32 of a step's line integrals."""
-    return np.asarray(fbp(line_integrals, geometry, n=scan.size, window=scan.filter))
+    volume = fbp(
+        line_integrals, geometry, n=scan.size, window=scan.filter, oversample=scan.oversample
+    )
+    return np.asarray(volume)
 
 
 def warm_up(*, learning: bool = True) -> None:

@@ -181,7 +181,7 @@ class TrainingJob:
 
         def reconstruct(p: Any, g: ParallelGeometry) -> Any:
             # The scan's filter and size, so training sees what the pipeline will denoise.
-            return fbp(p, g, n=scan.size, window=scan.filter)
+            return fbp(p, g, n=scan.size, window=scan.filter, oversample=scan.oversample)
 
         outcome = TrainingOutcome(None, "training ended without a result")
         try:
