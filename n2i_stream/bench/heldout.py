@@ -371,8 +371,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sections",
         type=int,
         default=2,
-        help="static split sections J (2: on a sparse-angle scan each target section keeps "
-        "half the angles, where 4 leaves a quarter and streaks that are not noise)",
+        help="static split sections J (2: each target section keeps half the angles; with 4, "
+        "a sparse-angle scan's quarter sections carry undersampling streaks, which are not "
+        "noise)",
     )
     parser.add_argument(
         "--keep-low",
