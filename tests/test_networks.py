@@ -142,6 +142,9 @@ def test_keep_low_replaces_the_networks_coarse_scales():
     assert kept.dtype == np.float32
     np.testing.assert_allclose(kept, volume, atol=1e-5)  # the shift is coarse: gone
     np.testing.assert_allclose(kept, keep_low_frequencies(plain, volume, 2.0), atol=1e-6)
+    as_torch = denoise_volume(den, torch.from_numpy(volume), keep_low=2.0)  # the DLPack path
+    assert isinstance(as_torch, torch.Tensor)
+    np.testing.assert_allclose(as_torch.numpy(), kept, atol=1e-6)
     with pytest.raises(DataError, match="keep_low must be >= 0"):
         denoise_volume(den, volume, keep_low=-1.0)
 

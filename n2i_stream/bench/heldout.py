@@ -56,6 +56,7 @@ __all__ = [
     "add_arguments",
     "format_report",
     "heldout_check",
+    "keep_low_name",
     "mse_advantage",
     "prediction_error",
     "run",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
+from array_api_compat import array_namespace, device, is_cupy_namespace, is_numpy_namespace
 
-__all__ = ["array_namespace", "is_cupy", "is_numpy", "to_numpy"]
+__all__ = ["array_namespace", "device", "is_cupy", "is_numpy", "to_numpy"]
 
 
 def is_numpy(xp: Any) -> bool:

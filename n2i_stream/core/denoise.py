@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ._xp import array_namespace
+from ._xp import array_namespace, device
 
 __all__ = [
     "divergence",
@@ -65,7 +65,8 @@ def _convolve_axis(volume: Any, kernel: np.ndarray, axis: int) -> Any:
     xp = array_namespace(volume)
     length = volume.shape[axis]
     radius = (kernel.size - 1) // 2
-    padded = xp.take(volume, xp.asarray(_reflect_indices(length, radius)), axis=axis)
+    index = xp.asarray(_reflect_indices(length, radius), device=device(volume))  # GPU input: on it
+    padded = xp.take(volume, index, axis=axis)
     after = -axis - 1
     out = float(kernel[0]) * padded[_along(axis, after, slice(0, length))]
     for m in range(1, kernel.size):
