@@ -22,9 +22,7 @@ context is terminated on :meth:`~ZmqFrameSource.close` only if the source create
 
 from __future__ import annotations
 
-import itertools
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -41,12 +39,12 @@ from ..wire import (
     parse_frame_header,
 )
 from .memory_source import FrameQueue
+from .zmq_thread import ReceiverThread
 
 __all__ = ["ZmqFrameSource", "ZmqSourceConfig"]
 
 log = logging.getLogger(__name__)
 
-_wake_ids = itertools.count()
 # Frames received in a burst are handed to the consumer together, at the latest after this
 # many bytes or when the socket runs dry: one wake-up per burst instead of one per frame.
 _HANDOFF_BYTES = 4 << 20
@@ -107,12 +105,17 @@ class ZmqFrameSource:
             preallocate=not self._zero_copy,
             name=f"zmq-source {config.endpoint}",
         )
-        self._wake_addr = f"inproc://n2i-source-wake-{next(_wake_ids)}"
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._endpoint: str | None = None
-        self._start_error: BaseException | None = None
-        self._error: BaseException | None = None
+        self._thread = ReceiverThread(
+            self._ctx,
+            kind=zmq.PULL if config.socket_type == "pull" else zmq.SUB,
+            endpoint=config.endpoint,
+            bind=config.bind,
+            rcvhwm=config.rcvhwm,
+            what="frame receive",
+            socket=f"{config.socket_type} socket",
+            on_readable=self._receive_batch,
+            on_exit=self._finish,
+        )
         self._closed = False
         self._stopping = False
         self._deferred_bytes = 0  # frames committed but held back for one consumer wake-up
@@ -120,36 +123,24 @@ class ZmqFrameSource:
     @property
     def endpoint(self) -> str:
         """The socket's actual endpoint (the chosen port for a wildcard bind); after start()."""
-        if self._endpoint is None:
+        if self._thread.endpoint is None:
             raise ServiceError("the source has no endpoint before start()")
-        return self._endpoint
+        return self._thread.endpoint
 
     @property
     def error(self) -> BaseException | None:
         """The exception that ended the receive thread, if one did (the service should check)."""
-        return self._error
+        return self._thread.error
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.running
 
     def start(self, timeout: float = 10.0) -> None:
         """Open the socket on the receive thread; raise ServiceError if it cannot bind/connect."""
-        if self._thread is not None or self._closed:
+        if self._thread.started or self._closed:
             raise ServiceError("start(): the source was already started (sources run once)")
-        self._thread = threading.Thread(target=self._run, name="n2i-zmq-source", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise ServiceError(
-                f"the receive thread did not open {self.config.endpoint} in {timeout} s"
-            )
-        if self._start_error is not None:
-            self._thread.join()
-            verb = "bind" if self.config.bind else "connect"
-            raise ServiceError(
-                f"cannot {verb} {self.config.socket_type} socket to {self.config.endpoint}: "
-                f"{self._start_error}"
-            ) from self._start_error
+        self._thread.start(timeout)
 
     def recv(self, timeout: float | None = None) -> Frame | None:
         """The next frame; None after ``timeout`` s, or at once when stopped and drained.
@@ -158,29 +149,18 @@ class ZmqFrameSource:
         frames it queued before are all taken, so a consumer never waits on a dead thread.
         """
         frame = self._queue.get(timeout)
-        if frame is None and self._error is not None:
-            raise ServiceError(f"the frame receive thread failed: {self._error!r}") from self._error
+        error = self._thread.error
+        if frame is None and error is not None:
+            raise ServiceError(f"the frame receive thread failed: {error!r}") from error
         return frame
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving and join the thread; frames already queued stay receivable."""
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        if not self._thread.running:
             return
         self._stopping = True  # take no new message from here on
         self._queue.stop_producer()  # in case the thread waits for a buffer
-        wake = self._ctx.socket(zmq.PAIR)
-        wake.linger = 0
-        try:
-            wake.connect(self._wake_addr)
-            wake.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the thread already closed its end: it is on its way out
-        finally:
-            wake.close()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise ServiceError(f"the receive thread did not stop within {timeout} s")
+        self._thread.stop(timeout)
 
     def close(self) -> None:
         """Stop, drop queued frames, and terminate the context if this source created it."""
@@ -204,59 +184,17 @@ class ZmqFrameSource:
 
     # -- the receive thread ----------------------------------------------------------------------
 
-    def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
-        cfg = self.config
-        sock = self._ctx.socket(zmq.PULL if cfg.socket_type == "pull" else zmq.SUB)
-        wake = self._ctx.socket(zmq.PAIR)
-        try:
-            sock.linger = 0
-            wake.linger = 0
-            sock.rcvhwm = cfg.rcvhwm
-            if cfg.socket_type == "sub":
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            wake.bind(self._wake_addr)
-            if cfg.bind:
-                sock.bind(cfg.endpoint)
-            else:
-                sock.connect(cfg.endpoint)
-            self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        except BaseException:
-            sock.close()
-            wake.close()
-            raise
-        return sock, wake
-
-    def _run(self) -> None:
-        try:
-            sock, wake = self._open()
-        except zmq.ZMQError as exc:
-            self._start_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            poller.register(wake, zmq.POLLIN)
-            batch = self.config.batch
-            while not self._stopping:
-                events = dict(poller.poll())
-                if wake in events:
-                    break
-                for _ in range(batch):
-                    if self._stopping or not self._receive_one(sock):
-                        break
-                    if self._deferred_bytes >= _HANDOFF_BYTES:
-                        self._flush()
+    def _receive_batch(self, sock: zmq.Socket) -> None:
+        for _ in range(self.config.batch):
+            if self._stopping or not self._receive_one(sock):
+                break
+            if self._deferred_bytes >= _HANDOFF_BYTES:
                 self._flush()
-        except Exception as exc:  # a bug or a dead context: record it and end visibly
-            self._error = exc
-            log.exception("the frame receive thread failed")
-        finally:
-            sock.close()
-            wake.close()
-            self._flush()
-            self._queue.end()
+        self._flush()
+
+    def _finish(self) -> None:
+        self._flush()
+        self._queue.end()
 
     def _flush(self) -> None:
         self._queue.flush()

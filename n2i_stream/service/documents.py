@@ -57,7 +57,6 @@ listener keeps running. :meth:`DocumentListener.handle` processes one message wi
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
@@ -70,6 +69,7 @@ import numpy as np
 import zmq
 
 from ..errors import ConfigError, DataError, ServiceError
+from ..io.zmq_thread import ReceiverThread
 
 __all__ = [
     "DOCUMENT_REJECTIONS",
@@ -121,8 +121,6 @@ _DOCUMENT_NAMES = frozenset(
 # Dtype kinds an encoded array may have: booleans, numbers, bytes and text. Object arrays ("O")
 # are pickles; structured ("V") and datetime arrays are not needed in scan metadata.
 _SAFE_KINDS = frozenset("biufcSU")
-
-_wake_ids = itertools.count()
 
 
 class DocumentError(DataError):
@@ -406,12 +404,18 @@ class DocumentListener:
         self._refused: dict[str, int] = {}
         self._runs: dict[str, str] = {}  # run uid -> scan id, for runs that started a session
         self._last_error: str | None = None
-        self._wake_addr = f"inproc://n2i-documents-wake-{next(_wake_ids)}"
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start_error: BaseException | None = None
-        self._error: BaseException | None = None
-        self._endpoint: str | None = None
+        self._thread = ReceiverThread(
+            self._ctx,
+            kind=zmq.SUB,
+            endpoint=config.endpoint,
+            bind=config.bind,
+            rcvhwm=config.rcvhwm,
+            what="document receive",
+            socket="the document socket",
+            on_readable=self._receive_all,
+            # The prefix ends at the first space: subscribe to exactly "prefix ".
+            subscribe=self._prefix + b" " if self._prefix else b"",
+        )
         self._closed = False
 
     # -- public ---------------------------------------------------------------------------------
@@ -419,9 +423,9 @@ class DocumentListener:
     @property
     def endpoint(self) -> str:
         """The socket's actual endpoint (the chosen port for a wildcard bind); after start()."""
-        if self._endpoint is None:
+        if self._thread.endpoint is None:
             raise ServiceError("the document listener has no endpoint before start()")
-        return self._endpoint
+        return self._thread.endpoint
 
     @property
     def last_error(self) -> str | None:
@@ -431,11 +435,11 @@ class DocumentListener:
     @property
     def error(self) -> BaseException | None:
         """The exception that ended the receive thread, if one did."""
-        return self._error
+        return self._thread.error
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.running
 
     def counters(self) -> DocumentCounters:
         with self._lock:
@@ -447,36 +451,13 @@ class DocumentListener:
 
     def start(self, timeout: float = 10.0) -> None:
         """Open the SUB socket on the receive thread; ServiceError if it cannot."""
-        if self._thread is not None or self._closed:
+        if self._thread.started or self._closed:
             raise ServiceError("start(): the document listener was already started (runs once)")
-        self._thread = threading.Thread(target=self._run, name="n2i-documents", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise ServiceError(f"the document thread did not open {self.config.endpoint}")
-        if self._start_error is not None:
-            self._thread.join()
-            verb = "bind" if self.config.bind else "connect"
-            raise ServiceError(
-                f"cannot {verb} the document socket to {self.config.endpoint}: {self._start_error}"
-            ) from self._start_error
+        self._thread.start(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving and join the thread (idempotent)."""
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            return
-        wake = self._ctx.socket(zmq.PAIR)
-        wake.linger = 0
-        try:
-            wake.connect(self._wake_addr)
-            wake.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the thread already closed its end: it is on its way out
-        finally:
-            wake.close()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise ServiceError(f"the document thread did not stop within {timeout} s")
+        self._thread.stop(timeout)
 
     def close(self) -> None:
         """Stop, and terminate the context if this listener created it (idempotent)."""
@@ -606,65 +587,22 @@ class DocumentListener:
 
     # -- the receive thread ---------------------------------------------------------------------
 
-    def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
-        cfg = self.config
-        sock = self._ctx.socket(zmq.SUB)
-        wake = self._ctx.socket(zmq.PAIR)
-        try:
-            sock.linger = 0
-            wake.linger = 0
-            sock.rcvhwm = cfg.rcvhwm
-            # The prefix ends at the first space: subscribe to exactly "prefix ".
-            sock.setsockopt(zmq.SUBSCRIBE, self._prefix + b" " if self._prefix else b"")
-            wake.bind(self._wake_addr)
-            if cfg.bind:
-                sock.bind(cfg.endpoint)
-            else:
-                sock.connect(cfg.endpoint)
-            self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        except BaseException:
-            sock.close()
-            wake.close()
-            raise
-        return sock, wake
-
-    def _run(self) -> None:
-        try:
-            sock, wake = self._open()
-        except zmq.ZMQError as exc:
-            self._start_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            poller.register(wake, zmq.POLLIN)
-            while True:
-                events = dict(poller.poll())
-                if wake in events:
-                    break
-                while True:
-                    try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if len(parts) == 1:
-                        self.handle(parts[0])
-                    else:  # a Publisher sends one frame per document
-                        self._count("received")
-                        self._refuse(
-                            DocumentError(
-                                "malformed_frame",
-                                f"expected one frame per document, got {len(parts)} parts",
-                            )
-                        )
-        except Exception as exc:  # a bug or a dead context: record it and end visibly
-            self._error = exc
-            log.exception("the document receive thread failed")
-        finally:
-            sock.close()
-            wake.close()
+    def _receive_all(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) == 1:
+                self.handle(parts[0])
+            else:  # a Publisher sends one frame per document
+                self._count("received")
+                self._refuse(
+                    DocumentError(
+                        "malformed_frame",
+                        f"expected one frame per document, got {len(parts)} parts",
+                    )
+                )
 
 
 def _time(doc: Mapping[str, Any]) -> float | None:

@@ -10,7 +10,6 @@ misses nothing published afterwards.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import zmq
 from ..errors import FrameError, ServiceError
 from ..io.zmq_sink import ZmqResultSink, ZmqSinkConfig
 from ..io.zmq_source import ZmqFrameSource, ZmqSourceConfig
+from ..io.zmq_thread import ReceiverThread
 from ..wire import ReconHeader, decode_recon
 from .control import ControlClient, ControlHandler, ControlServer
 from .pipeline import PipelineOptions
@@ -31,7 +31,6 @@ from .sinks import MemorySink, ResultSink
 __all__ = ["Loopback", "ResultSubscriber"]
 
 log = logging.getLogger(__name__)
-_ids = itertools.count()
 
 
 class ResultSubscriber:
@@ -45,13 +44,19 @@ class ResultSubscriber:
         self.bad = 0
         self._ctx = context
         self._cond = threading.Condition()
-        self._wake_addr = f"inproc://n2i-subscriber-wake-{next(_ids)}"
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="n2i-subscriber", daemon=True)
+        self._thread = ReceiverThread(
+            context,
+            kind=zmq.SUB,
+            endpoint=endpoint,
+            bind=False,
+            rcvhwm=1000,
+            what="result subscriber",
+            socket="the subscriber socket",
+            on_readable=self._receive_all,
+        )
 
     def start(self) -> ResultSubscriber:
         self._thread.start()
-        self._ready.wait()
         return self
 
     def of_kind(self, kind: str) -> dict[int, np.ndarray]:
@@ -75,44 +80,20 @@ class ResultSubscriber:
                 )
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            wake = self._ctx.socket(zmq.PAIR)
-            wake.linger = 0
-            wake.connect(self._wake_addr)
-            wake.send(b"")
-            self._thread.join()
-            wake.close()
+        self._thread.stop()
 
-    def _run(self) -> None:
-        sub = self._ctx.socket(zmq.SUB)
-        wake = self._ctx.socket(zmq.PAIR)
-        sub.linger = wake.linger = 0
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        wake.bind(self._wake_addr)
-        sub.connect(self.endpoint)
-        self._ready.set()
-        try:
-            poller = zmq.Poller()
-            poller.register(sub, zmq.POLLIN)
-            poller.register(wake, zmq.POLLIN)
-            while True:
-                events = dict(poller.poll())
-                if wake in events:
-                    return
-                while sub.poll(0):
-                    parts = sub.recv_multipart(copy=False)
-                    try:
-                        header, view = decode_recon(parts)
-                    except FrameError as exc:
-                        self.bad += 1
-                        log.warning("subscriber: bad result message: %s", exc)
-                        continue
-                    with self._cond:
-                        self.results.append((header, np.array(view)))
-                        self._cond.notify_all()
-        finally:
-            sub.close()
-            wake.close()
+    def _receive_all(self, sub: zmq.Socket) -> None:
+        while sub.poll(0):
+            parts = sub.recv_multipart(copy=False)
+            try:
+                header, view = decode_recon(parts)
+            except FrameError as exc:
+                self.bad += 1
+                log.warning("subscriber: bad result message: %s", exc)
+                continue
+            with self._cond:
+                self.results.append((header, np.array(view)))
+                self._cond.notify_all()
 
 
 class Loopback:
