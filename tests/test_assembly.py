@@ -314,10 +314,15 @@ def test_memory_stays_bounded_when_steps_are_released():
             s.release()
             s.release()  # idempotent
     assert asm.counters().step_buffers_allocated == 0
+    assert asm.counters().step_buffers_in_use == 0
     asm2 = Assembler(long_scan)
     held = [s for i in ids for s in asm2.add(frame(i))]  # a pipeline that never lets go
     assert len(held) == 40
     assert asm2.counters().step_buffers_allocated == 40 - (2 + 1 + 1)
+    assert asm2.counters().step_buffers_in_use == 40
+    for s in held[:10]:
+        s.release()
+    assert asm2.counters().step_buffers_in_use == 30
 
 
 def tracked(fid: int, log: list[int]) -> Frame:

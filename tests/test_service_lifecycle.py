@@ -282,7 +282,15 @@ def test_step_buffers_stay_bounded(loopback, frames, model, tmp_path):
     loopback.service.configure(scan(tmp_path, model=model, output=None))
     send(loopback, frames)
     assert loopback.service.wait_for({"done", "failed"}, timeout=60) == "done"
-    assert loopback.service.run.assembler.counters().step_buffers_allocated == 0
+    c = loopback.service.run.assembler.counters()
+    assert c.step_buffers_in_use == 0  # every step gave its buffer back
+    # Beyond the pool, at most the steps queue plus the one step the worker is correcting can
+    # hold a buffer (the worker releases it right after correction); how many of those are
+    # needed depends on how far the worker falls behind, which is timing, not design.
+    options, assembly = loopback.service.options, loopback.service.run.scan.assembly
+    assert c.step_buffers_allocated <= options.queue_steps + 1 - assembly.spare_buffers
+    steps = loopback.service.status()["steps"]
+    assert (steps["buffers_in_use"], steps["buffers_allocated"]) == (0, c.step_buffers_allocated)
 
 
 def _lines(pipe, out: queue.Queue) -> None:

@@ -38,7 +38,7 @@ Where the projections live is the one choice (``hold_frames``):
   buffer from a pool allocated up front, and the frame goes straight back to its source. The
   source needs few buffers and the pipeline's back-log never reaches it. The assembler allocates
   a new step buffer only when the pipeline holds more steps than the pool has (counted in
-  ``step_buffers_allocated``).
+  ``step_buffers_allocated``; ``step_buffers_in_use`` is how many are held right now).
 * ``True``: the frames themselves are kept until their step is released: no copy at all (with a
   zero-copy source the pixels stay where ZMQ received them). The source must then allow
   :meth:`AssemblyConfig.frames_held` frames, or it stalls waiting for buffers nobody releases.
@@ -175,6 +175,7 @@ class AssemblyCounters:
     steps_incomplete: int = 0
     steps_skipped: int = 0
     step_buffers_allocated: int = 0
+    step_buffers_in_use: int = 0  # a gauge: step buffers held by open or unreleased steps
 
 
 class _Runs:
@@ -259,8 +260,11 @@ class Assembler:
             buf = np.empty((self._fps, *self._shape), dtype=self._dtype)
             buf.fill(0)  # touch the pages now, not when the first frames arrive
             self._free.append(buf)
+        self._pool_size = len(self._free)
         self._n = {
-            name: 0 for name in AssemblyCounters.__dataclass_fields__ if name != "bad_reasons"
+            name: 0
+            for name in AssemblyCounters.__dataclass_fields__
+            if name not in ("bad_reasons", "step_buffers_in_use")
         }
         self._bad: dict[str, int] = {}
 
@@ -323,7 +327,9 @@ class Assembler:
         return bool(self._step_closed.all())
 
     def counters(self) -> AssemblyCounters:
-        return AssemblyCounters(**self._n, bad_reasons=dict(self._bad))
+        with self._lock:
+            in_use = self._pool_size + self._n["step_buffers_allocated"] - len(self._free)
+        return AssemblyCounters(**self._n, bad_reasons=dict(self._bad), step_buffers_in_use=in_use)
 
     # -- projections -----------------------------------------------------------------------------
 
@@ -541,7 +547,7 @@ class Assembler:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        self._n["step_buffers_allocated"] += 1
+            self._n["step_buffers_allocated"] += 1
         return np.empty((self._fps, *self._shape), dtype=self._dtype)
 
     def _give_back(self, buffer: np.ndarray) -> None:

@@ -63,10 +63,11 @@ STATUS:
 (steps assembled but not yet published in final form), ``dropped_overload`` (steps dropped by
 the ``drop_oldest`` policy), ``backlog_dropped``, ``failed`` (steps that could not be
 corrected), ``clipped_values`` (transmissions clipped to keep line integrals finite),
-``on_disk`` (steps a resumed scan had written already)}; ``training`` {``state``
-"waiting"|"running"|"done"|"failed"|"skipped", ``reason``, ``iteration``, ``iterations``,
-``loss``, ``eta_s``, ``elapsed_s``, ``losses`` (recent), ``model`` (checkpoint in use or
-saved)}; ``latency_s`` {``last``, ``median``, ``max``} (last
+``on_disk`` (steps a resumed scan had written already), ``buffers_in_use`` (step buffers of raw
+counts held right now), ``buffers_allocated`` (beyond the pool: the worker fell behind)};
+``training`` {``state`` "waiting"|"running"|"done"|"failed"|"skipped", ``reason``,
+``iteration``, ``iterations``, ``loss``, ``eta_s``, ``elapsed_s``, ``losses`` (recent), ``model``
+(checkpoint in use or saved)}; ``latency_s`` {``last``, ``median``, ``max``} (last
 frame of a step received → its denoised result published; for steps published before a model
 existed: → FBP published); ``ingest`` {``frames_per_s``, ``bytes_per_s``}; ``center_offset``
 (the centre used); ``frames_without_scan``.

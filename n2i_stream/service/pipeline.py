@@ -603,6 +603,8 @@ class ScanRun:
             "failed": self.steps_failed,
             "clipped_values": self.clipped,
             "on_disk": self.steps_on_disk,
+            "buffers_in_use": c.step_buffers_in_use,
+            "buffers_allocated": c.step_buffers_allocated,
         }
 
     def latency_status(self) -> dict[str, float | None]:

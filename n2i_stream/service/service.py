@@ -465,4 +465,6 @@ _NO_STEPS: dict[str, Any] = {
     "failed": 0,
     "clipped_values": 0,
     "on_disk": 0,
+    "buffers_in_use": 0,
+    "buffers_allocated": 0,
 }
