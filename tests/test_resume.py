@@ -30,6 +30,7 @@ from n2i_stream.service.resume import (
     ScanRecord,
     plan_resume,
     read_results,
+    register_resumed_model,
     resume_unfinished,
 )
 from n2i_stream.service.scan_config import ScanConfig
@@ -154,6 +155,10 @@ def test_the_model_registry_finds_models_by_geometry_detector_and_energy(tmp_pat
     b = registry.register(second, detector="pco", energy_kev=20.3, scan_id="s2")
     registry.register(first, detector="eiger", energy_kev=20.0)
     assert (a.iterations, a.final_loss, a.key.angles) == (5, 0.125, SIM.per_step)
+    # the same checkpoint under the same key again (a restart): the entry it has, no copy
+    assert registry.register(first, detector="pco", energy_kev=20.0, scan_id="s1") == a
+    assert len(registry.entries()) == 3
+    assert len(list(registry.models.glob("*.pt"))) == 3
 
     wanted = ModelKey(cols=SIM.width, n=SIM.width, angles=SIM.per_step, center_offset=0.1,
                       network="dncnn", detector="pco", energy_kev=20.1)  # fmt: skip
@@ -170,6 +175,25 @@ def test_the_model_registry_finds_models_by_geometry_detector_and_energy(tmp_pat
     assert not b.path.exists()
     with pytest.raises(ModelError, match="not a readable n2i-stream model"):
         registry.register(tmp_path / "models" / "index.json")
+
+
+def test_a_resumed_scan_registers_its_model_once(tmp_path):
+    """A kill between saving the model and registering it: the restart registers it."""
+    from n2i_stream.learn import save_checkpoint
+
+    checkpoint = str(save_checkpoint(tiny_denoiser(), tmp_path / "results.model.pt"))
+    journal = ScanJournal(tmp_path / "state")
+    plan = plan_resume(
+        journal.resumed(journal.model_saved(journal.begin(scan(tmp_path)), checkpoint))
+    )
+    registry = ModelRegistry(tmp_path / "models")
+    register_resumed_model(plan, registry, detector="sim")
+    register_resumed_model(plan, registry, detector="sim")  # registered already: not again
+    (entry,) = registry.entries()
+    assert (entry.scan_id, entry.key.detector) == (plan.scan.scan_id, "sim")
+    given = plan_resume(journal.resumed(journal.begin(scan(tmp_path, model=checkpoint))))
+    register_resumed_model(given, registry)  # a model the scan was given, not one it trained
+    assert len(registry.entries()) == 1
 
 
 def test_steps_without_a_denoised_volume_are_denoised_from_the_file(tmp_path):
@@ -207,20 +231,23 @@ from n2i_stream.io.zmq_source import ZmqFrameSource, ZmqSourceConfig
 from n2i_stream.service.control import ControlHandler, ControlServer
 from n2i_stream.service.pipeline import PipelineOptions
 from n2i_stream.learn.registry import ModelRegistry
-from n2i_stream.service.resume import ScanJournal, register_trained_models, resume_unfinished
+from n2i_stream.service.resume import (
+    ScanJournal, register_resumed_model, register_trained_models, resume_unfinished)
 from n2i_stream.service.service import N2IService
 
 journal = ScanJournal(sys.argv[1])
+registry = ModelRegistry(sys.argv[2])
 source = ZmqFrameSource(ZmqSourceConfig(
     endpoint="tcp://127.0.0.1:*", bind=True, buffers=64, buffer_bytes=1 << 22))
 service = N2IService(source, options=PipelineOptions(infer_threads=1), journal=journal)
-register_trained_models(service, ModelRegistry(sys.argv[2]), detector="sim")
+register_trained_models(service, registry, detector="sim")
 service.start()
 control = ControlServer("tcp://127.0.0.1:*", ControlHandler(service))
 control.start()
 plan = resume_unfinished(journal)
-if plan is not None:
+if plan is not None:  # as Operations.resume in serve
     service.configure(plan.scan, resume=plan)
+    register_resumed_model(plan, registry, detector="sim")
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 print(json.dumps({"data": source.endpoint, "control": control.endpoint,

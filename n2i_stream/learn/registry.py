@@ -8,16 +8,19 @@ Layout of the registry directory::
 
 An entry holds the model's :class:`ModelKey` (detector columns, reconstruction size, angles per
 reconstruction, rotation centre, network, detector name, energy), where it came from (scan,
-time, software version) and its training summary. Checkpoints are copied in under a new name
-and the index is replaced atomically under a lock, so several processes can register at once
-and a reader never sees a torn index. :meth:`ModelRegistry.find` matches geometry, network and
-detector exactly and energy within a tolerance, newest first; fine-tune with
-``fit(..., init=load_checkpoint(entry.path))`` or use the checkpoint as the scan's ``model``.
+time, software version), its training summary and the SHA-256 of the checkpoint. Checkpoints are
+copied in under a new name and the index is replaced atomically under a lock, so several
+processes can register at once and a reader never sees a torn index. Registering is idempotent:
+the same checkpoint under the same key gives back the entry it already has.
+:meth:`ModelRegistry.find` matches geometry, network and detector exactly and energy within a
+tolerance, newest first; fine-tune with ``fit(..., init=load_checkpoint(entry.path))`` or use
+the checkpoint as the scan's ``model``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -100,6 +103,7 @@ class RegistryEntry:
     final_loss: float | None
     software_version: str
     note: str = ""
+    sha256: str = ""  # of the checkpoint file ("" in entries registered before it was kept)
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -160,32 +164,40 @@ class ModelRegistry:
         scan_id: str | None = None,
         note: str = "",
     ) -> RegistryEntry:
-        """Copy ``checkpoint`` into the registry under the key of the model it holds."""
+        """Copy ``checkpoint`` into the registry under the key of the model it holds; the entry
+        it already has when the same checkpoint was registered under the same key before."""
         if energy_kev is not None and not (math.isfinite(energy_kev) and energy_kev > 0):
             raise ConfigError(f"energy_kev: expected a positive number or None, got {energy_kev}")
         denoiser = load_checkpoint(checkpoint)  # ModelError for anything but a checkpoint
         key = ModelKey.of(denoiser, detector=detector, energy_kev=energy_kev)
-        model_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-        target = self.models / f"{model_id}.pt"
-        partial = target.with_name(target.name + ".part")
-        shutil.copyfile(checkpoint, partial)
-        os.replace(partial, target)
+        with open(checkpoint, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         from .. import __version__
 
-        history = denoiser.loss_history
-        entry = RegistryEntry(
-            id=model_id,
-            key=key,
-            path=target,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            scan_id=scan_id,
-            iterations=denoiser.iteration,
-            final_loss=float(history[-1][1]) if history else None,
-            software_version=__version__,
-            note=note,
-        )
         with self._locked():
-            self._write([*self.entries(), entry])
+            entries = self.entries()
+            for e in entries:
+                if e.sha256 == digest and e.key == key and e.path.exists():
+                    return e
+            model_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+            target = self.models / f"{model_id}.pt"
+            partial = target.with_name(target.name + ".part")
+            shutil.copyfile(checkpoint, partial)
+            os.replace(partial, target)
+            history = denoiser.loss_history
+            entry = RegistryEntry(
+                id=model_id,
+                key=key,
+                path=target,
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                scan_id=scan_id,
+                iterations=denoiser.iteration,
+                final_loss=float(history[-1][1]) if history else None,
+                software_version=__version__,
+                note=note,
+                sha256=digest,
+            )
+            self._write([*entries, entry])
         return entry
 
     def find(self, key: ModelKey, *, energy_tolerance_kev: float = 0.5) -> list[RegistryEntry]:

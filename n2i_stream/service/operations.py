@@ -32,7 +32,13 @@ import zmq
 
 from ..errors import ConfigError, ServiceError
 from ..settings import ServiceSettings, settings_warnings
-from .resume import ResumePlan, ScanJournal, register_trained_models, resume_unfinished
+from .resume import (
+    ResumePlan,
+    ScanJournal,
+    register_resumed_model,
+    register_trained_models,
+    resume_unfinished,
+)
 
 __all__ = ["Operations"]
 
@@ -113,6 +119,8 @@ class Operations:
             self.journal.finish(plan.record, f"not resumed: {exc}")
             log.error("scan %s could not be resumed: %s", plan.scan.scan_id, exc)
             return None
+        if self.registry is not None and self.settings.registry.register:
+            register_resumed_model(plan, self.registry, detector=self.settings.registry.detector)
         return plan
 
     def close(self) -> None:

@@ -437,8 +437,10 @@ class ScanRun:
         if outcome.denoiser is not None:
             path = self._save_model(outcome.denoiser)
             self.training.set("done", model=path)
-            self._resolve_model(outcome.denoiser)
+            # state listeners first (the journal records the checkpoint, the registry copies
+            # it), so that no denoised result is out before a restart would find the model
             self._state.move("streaming", only_from={"acquiring", "training"})
+            self._resolve_model(outcome.denoiser)
             return
         self.training.set("failed", outcome.reason)
         self._resolve_model(None)

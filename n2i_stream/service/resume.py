@@ -68,6 +68,8 @@ __all__ = [
     "atomic_write",
     "plan_resume",
     "read_results",
+    "register_model",
+    "register_resumed_model",
     "register_trained_models",
     "resume_unfinished",
 ]
@@ -494,24 +496,36 @@ def resume_unfinished(journal: ScanJournal) -> ResumePlan | None:
 def register_trained_models(service: Any, registry: Any, *, detector: str = "") -> None:
     """Register every model ``service`` trains in ``registry``
     (:class:`~n2i_stream.learn.registry.ModelRegistry`), keyed with ``detector`` and the
-    scan's ``energy_kev`` when it has one. Call before the first scan."""
+    scan's ``energy_kev`` when it has one. Call before the first scan. A resumed scan's model
+    is registered by :func:`register_resumed_model` (a kill may have come before this did)."""
 
     def listener(state: str, reason: str | None) -> None:
         run = service.run
         if state != "streaming" or run is None or run.training.state != "done":
             return
-        checkpoint = run.training.model
-        if checkpoint is None:
-            return
-        try:
-            entry = registry.register(
-                checkpoint,
-                detector=detector,
-                energy_kev=getattr(run.scan, "energy_kev", None),
-                scan_id=run.scan.scan_id,
-            )
-            log.info("scan %s: model registered as %s", run.scan.scan_id, entry.id)
-        except (OSError, N2IError) as exc:
-            log.error("scan %s: the model could not be registered: %s", run.scan.scan_id, exc)
+        if run.training.model is not None:
+            register_model(registry, run.training.model, run.scan, detector=detector)
 
     service.add_state_listener(listener)
+
+
+def register_resumed_model(plan: ResumePlan, registry: Any, *, detector: str = "") -> None:
+    """Register the model ``plan``'s scan trained before the crash, in case the crash came
+    between saving it and registering it (registering is idempotent)."""
+    if plan.record.model is not None and plan.scan.model == plan.record.model:
+        register_model(registry, plan.record.model, plan.scan, detector=detector)
+
+
+def register_model(registry: Any, checkpoint: str, scan: ScanConfig, *, detector: str) -> None:
+    """Register ``checkpoint``, trained on ``scan``; a failure is logged, never raised (the
+    scan goes on without it)."""
+    try:
+        entry = registry.register(
+            checkpoint,
+            detector=detector,
+            energy_kev=getattr(scan, "energy_kev", None),
+            scan_id=scan.scan_id,
+        )
+        log.info("scan %s: model registered as %s", scan.scan_id, entry.id)
+    except (OSError, N2IError) as exc:
+        log.error("scan %s: the model could not be registered: %s", scan.scan_id, exc)
