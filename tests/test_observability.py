@@ -6,16 +6,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
 pytest.importorskip("prometheus_client")
 
+from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from n2i_stream.observability import setup_logging
@@ -158,15 +158,6 @@ def test_healthz_follows_the_status_reads():
         assert fetch(exporter.url + "/nothing")[0] == 404
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        pause.wait(0.01)
-    raise AssertionError(f"condition not reached within {timeout} s")
-
-
 def test_metrics_move_while_a_simulated_scan_runs(tmp_path):
     frames = list(DynamicScan(SIM).frames())
     references = SIM.n_darks + SIM.n_flats
@@ -185,7 +176,7 @@ def test_metrics_move_while_a_simulated_scan_runs(tmp_path):
             )  # fmt: skip
             lb.service.configure(scan)
             stream(frame_messages(first, "n2i"), lb.data_endpoint, context=lb.context)
-            wait_until(lambda: lb.service.status()["steps"]["published_fbp"] >= 3)
+            wait_until(lambda: lb.service.status()["steps"]["published_fbp"] >= 3, timeout=60.0)
             exporter.poll()
             during = fetch(exporter.url + "/metrics")[1]
             stream(

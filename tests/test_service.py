@@ -3,13 +3,13 @@ socket and in the HDF5 file, and equal what the offline path computes from the s
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from polling import wait_until
 
 from n2i_stream.core.fbp import fbp
 from n2i_stream.io.dxchange import DataExchangeFile
@@ -28,16 +28,6 @@ SIM = SimConfig(
 K = 3
 TINY = {"depth": 2, "width": 4, "crop": 16, "batch": 2}
 TOL = {"rtol": 1e-4, "atol": 1e-5}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll ``predicate`` (service status) until true; for states with no event to wait on."""
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        pause.wait(0.01)
-    raise AssertionError(f"condition not reached within {timeout} s")
 
 
 @pytest.fixture(scope="module")

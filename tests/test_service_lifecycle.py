@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from polling import wait_until
 
 from n2i_stream.errors import ServiceError
 from n2i_stream.io.memory_source import MemoryFrameSource
@@ -35,16 +36,6 @@ SIM = SimConfig(
 K = 3
 TINY = {"depth": 2, "width": 4, "crop": 16, "batch": 2}
 PREFIX = SIM.n_darks + SIM.n_flats  # frames before the first projection
-
-
-def wait_until(predicate, timeout: float = 30.0) -> None:
-    """Poll ``predicate`` (service status) until true; for states with no event to wait on."""
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        pause.wait(0.01)
-    raise AssertionError(f"condition not reached within {timeout} s")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 import zmq
+from polling import wait_until
 
 from n2i_stream.config import from_mapping
 from n2i_stream.errors import ConfigError, ServiceError
@@ -21,16 +22,6 @@ SHAPE = (6, 8)
 
 def _frame(i: int) -> np.ndarray:
     return np.full(SHAPE, i, dtype=np.uint16) + np.arange(SHAPE[1], dtype=np.uint16)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true: for state another thread reaches with no event to wait on."""
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.002)):
-        if predicate():
-            return
-        pause.wait(0.002)
-    raise AssertionError(f"condition not reached within {timeout} s")
 
 
 @pytest.fixture
