@@ -203,6 +203,7 @@ class ScanDefaults:
     keep_low: float | None = None  # denoised: the FBP's scales coarser than this, px (0: off)
     center_offset: float | Literal["auto"] | None = None  # rotation axis offset, px, or "auto"
     close_lag: int | None = None  # a step missing frames is closed this many steps later
+    end_after_idle_s: float | None = None  # no frame for this long: the scan ends (unset: waits)
     publish: Literal["volume"] | tuple[int, ...] | None = None  # whole volumes or z-slices
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
 
@@ -251,10 +252,11 @@ class OutputSettings:
         name = out.get("output")
         if name is None and self.write_by_default:
             name = f"{out.get('scan_id', 'scan')}.h5"
-        if name is not None and self.directory is not None and not Path(name).is_absolute():
+        if not isinstance(name, str):  # None, or not a name: the scan's own check reports it
+            return out
+        if self.directory is not None and not Path(name).is_absolute():
             name = str(Path(self.directory) / name)
-        if name is not None:
-            out["output"] = name
+        out["output"] = name
         return out
 
 

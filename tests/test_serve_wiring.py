@@ -88,9 +88,11 @@ def _until(predicate, timeout: float = 30.0, every=None) -> None:
 
 def test_start_and_stop_documents_drive_a_scan(tmp_path):
     """A msgpack start document with n2i metadata configures a scan (the settings' scan
-    defaults applied); the stop document of an aborted run ends it."""
+    defaults applied); the stop document of an aborted run ends it. A control ``configure``
+    gets the same defaults and output directory."""
     path = tmp_path / "service.toml"
-    path.write_text(SETTINGS)
+    path.write_text(SETTINGS + f'\n[output]\ndirectory = "{tmp_path / "out"}"\n')
+    (tmp_path / "out").mkdir()
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
@@ -133,6 +135,10 @@ def test_start_and_stop_documents_drive_a_scan(tmp_path):
             )  # fmt: skip
             _until(lambda: status()["state"] == "done")
             assert status()["reason"] == "aborted"
+            # without [scan_defaults] train_steps = 2 this scan (3 steps) would be refused
+            client.call("configure", scan={**SCAN, "scan_id": "ctl-run", "output": "ctl.h5"})
+            assert status()["output"] == str(tmp_path / "out" / "ctl.h5")
+            assert client.call("abort")["state"] == "done"
             client.call("shutdown")
         assert proc.wait(60) == 0
     finally:

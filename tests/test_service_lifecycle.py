@@ -131,6 +131,22 @@ def test_stop_mid_scan_drains_everything_received(loopback, frames, model, tmp_p
     assert np.isfinite(f["denoised"]).all()
 
 
+def test_a_scan_whose_last_frames_never_come_ends_after_its_idle_time(loopback, frames, tmp_path):
+    service = loopback.service
+    service.configure(scan(tmp_path, train_iterations=4, end_after_idle_s=0.5))
+    assert frames[-1].kind == "projection"
+    send(loopback, frames[:-3])  # the detector lost the last three projections
+    assert service.wait_for({"done", "failed"}, timeout=60) == "done"
+    status = service.status()
+    assert status["reason"] == "no frames for 0.5 s"
+    assert (status["steps"]["received"], status["steps"]["incomplete"]) == (SIM.steps, 1)
+    assert status["training"]["state"] == "done"  # ended like a complete scan, not stopped
+    f = results_file(tmp_path / "results.h5")
+    missing = dict(zip(f["time_step"].tolist(), f["missing_frames"].tolist(), strict=True))
+    assert missing == {s: 3 if s == SIM.steps - 1 else 0 for s in range(SIM.steps)}
+    assert np.isfinite(f["denoised"]).all()
+
+
 def test_stop_during_training_interrupts_it_and_publishes_fbp(loopback, frames, tmp_path):
     service = loopback.service
     service.configure(scan(tmp_path, train_minutes=10.0))

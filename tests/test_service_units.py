@@ -107,13 +107,14 @@ def test_scan_config_builds_the_assembly_and_reports_every_problem_at_once():
     with pytest.raises(ConfigError) as info:
         ScanConfig.from_mapping(
             {**BASE, "train_steps": 5, "publish": [4], "filter": "box", "train_minutes": 0,
-             "oversample": 0, "keep_low": -1.0}
+             "oversample": 0, "keep_low": -1.0, "end_after_idle_s": 0}
         )  # fmt: skip
     message = str(info.value)
     for part in ("train_steps", "publish", "filter", "train_minutes"):
         assert part in message
     assert "oversample: expected 1, 2, 3 or 4, got 0" in message
     assert "keep_low: expected >= 0 pixels (0: off), got -1.0" in message
+    assert "end_after_idle_s: expected > 0 seconds or null, got 0" in message
     with pytest.raises(ConfigError, match="'center_offset': expected a number"):
         ScanConfig.from_mapping({**BASE, "center_offset": "left"})
     with pytest.raises(ConfigError, match="unknown key 'angle'"):

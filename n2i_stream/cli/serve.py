@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         service.start()
         control = ControlServer(
             settings.control.endpoint,
-            ControlHandler(service, on_shutdown=shutdown.set),
+            ControlHandler(service, on_shutdown=shutdown.set, scan_defaults=settings.scan),
             context=ops.context("control", ctx),
         )
         control.start()

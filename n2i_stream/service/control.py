@@ -18,8 +18,11 @@ unknown command, unknown keys or wrong types give ``ConfigError``; the service i
     → ``{"ok": true, "version": V, "state": S}``.
 ``{"command": "configure", "scan": SCAN}``
     → ``{"ok": true, "scan_id": ID, "state": S}`` (``acquiring``, or ``streaming`` at once when
-    ``SCAN.model`` names a checkpoint). Refused with ``ServiceError`` "busy with scan X in state
-    Y" unless the state is ``idle``, ``done`` or ``failed``.
+    ``SCAN.model`` names a checkpoint). ``serve`` fills in the keys SCAN leaves out from its
+    settings' ``[scan_defaults]`` and places a relative (or, with ``write_by_default``, a
+    missing) ``output`` in ``[output] directory``, as for ``--scan`` and start documents.
+    Refused with ``ServiceError`` "busy with scan X in state Y" unless the state is ``idle``,
+    ``done`` or ``failed``.
 ``{"command": "status"}``
     → ``{"ok": true, "status": STATUS}``.
 ``{"command": "stop", "wait": true, "timeout": null}``
@@ -29,7 +32,8 @@ unknown command, unknown keys or wrong types give ``ConfigError``; the service i
     ``{"ok": true, "state": S, "scan_id": ID}`` once done, or at once with ``"wait": false``.
     ``timeout`` (seconds) turns a longer wait into a ``ServiceError`` reply (the stop goes on).
     A scan also ends by itself (state ``done``, reason null) once every time step has been
-    completed; when frames of the last steps were lost, the plan's ``stop`` ends it.
+    completed; when frames of the last steps were lost, the plan's ``stop`` ends it, or the
+    scan's ``end_after_idle_s``.
 ``{"command": "abort", "wait": true, "timeout": null}``
     Drops queued and in-flight work and closes the file (what was written stays valid);
     state → ``done`` with reason ``"aborted"``. Replies like ``stop``.
@@ -50,7 +54,9 @@ number; ``train_iterations`` int|null;
 ``overwrite`` bool; ``publish`` "volume" or [z-slice indices]; ``filter`` ramp window;
 ``oversample`` 1-4 (FBP samples per detector column); ``keep_low`` pixels (the denoised volume
 takes the FBP's scales coarser than this Gaussian; 0: off); ``n`` reconstruction size|null;
-``close_lag`` int; ``training`` {``depth``, ``width``, ``context``,
+``close_lag`` int; ``end_after_idle_s`` seconds|null (no frame for this long after the first:
+the scan ends as if complete, reason "no frames for N s"; null: only ``stop`` ends it);
+``training`` {``depth``, ``width``, ``context``,
 ``crop``, ``batch``, ``lr``, ``seed``; each null or absent: the learning code's default}.
 
 STATUS:
@@ -139,8 +145,12 @@ class Request:
     arguments: Any
 
 
-def parse_request(raw: bytes) -> Request:
-    """Validate one request; ConfigError says what was expected and what arrived."""
+def parse_request(
+    raw: bytes, *, scan_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> Request:
+    """Validate one request; ConfigError says what was expected and what arrived.
+    ``scan_defaults`` fills in a ``configure`` request's scan before it is checked (``serve``:
+    the settings' ``[scan_defaults]`` and ``[output]``)."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -150,6 +160,8 @@ def parse_request(raw: bytes) -> Request:
     command = body.pop("command", None)
     if command not in COMMANDS:
         raise ConfigError(f"unknown command {command!r}; expected one of {sorted(COMMANDS)}")
+    if command == "configure" and scan_defaults is not None and isinstance(body.get("scan"), dict):
+        body["scan"] = scan_defaults(body["scan"])
     arguments = from_mapping(COMMANDS[command], body, source=f"{command} request")
     return Request(command, arguments)
 
@@ -167,16 +179,24 @@ class ControlHandler:
     """Carries out requests on an :class:`~n2i_stream.service.service.N2IService`.
 
     ``on_shutdown`` is called for ``shutdown`` (the ``serve`` entry point ends the process);
-    without it ``shutdown`` is refused. Waiting commands run on a helper thread and reply later.
+    without it ``shutdown`` is refused. ``scan_defaults`` fills in the scans of ``configure``
+    requests (see :func:`parse_request`). Waiting commands run on a helper thread and reply later.
     """
 
-    def __init__(self, service: Any, *, on_shutdown: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        service: Any,
+        *,
+        on_shutdown: Callable[[], None] | None = None,
+        scan_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.service = service
         self.on_shutdown = on_shutdown
+        self.scan_defaults = scan_defaults
 
     def __call__(self, raw: bytes) -> Reply:
         try:
-            request = parse_request(raw)
+            request = parse_request(raw, scan_defaults=self.scan_defaults)
             return getattr(self, f"_{request.command}")(request.arguments)
         except N2IError as exc:
             return error_reply(exc)

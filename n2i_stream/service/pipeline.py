@@ -209,6 +209,7 @@ class ScanRun:
         self._aborted = False
         self._failure: str | None = None
         self._end_reason: str | None = None
+        self._last_frame_at: float | None = None  # monotonic time of the newest frame filed
         self._done = threading.Event()
         self._threads = [
             threading.Thread(target=self._reconstruct_loop, name="n2i-reconstruct", daemon=True),
@@ -291,10 +292,26 @@ class ScanRun:
         if not self.accepting:
             frame.release()
             return
+        self._last_frame_at = time.monotonic()
         steps = self.assembler.add(frame)
         self._queue_steps(steps)
         if self.assembler.finished:
             self.finish_input()
+
+    def end_if_idle(self, now: float) -> bool:
+        """End the input like a complete scan when no frame came for the scan's
+        ``end_after_idle_s`` since the last one (the detector lost the last frames, or the plan
+        died before its stop): open steps are flushed and flagged, training goes on. Call from
+        the thread that files the frames; True if the scan was ended."""
+        limit, last = self.scan.end_after_idle_s, self._last_frame_at
+        if limit is None or last is None or not self.accepting or now - last < limit:
+            return False
+        with self._lock:
+            if self._end_reason is None:
+                self._end_reason = f"no frames for {limit:g} s"
+        log.warning("scan %s: no frames for %g s: the scan ends", self.scan.scan_id, limit)
+        self.finish_input()
+        return True
 
     def finish_input(self) -> None:
         """No more frames: flush the assembler (partial steps flagged) and end the steps queue."""

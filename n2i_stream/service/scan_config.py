@@ -90,6 +90,7 @@ class ScanConfig:
     keep_low: float = 0.0  # denoised: FBP's scales coarser than this Gaussian, px (0: off)
     n: int | None = None  # reconstruction size n × n (None: detector columns)
     close_lag: int = 2  # a step missing frames is closed once step s + close_lag begins
+    end_after_idle_s: float | None = None  # no frame for this long after the first: the scan ends
     training: TrainingOptions = field(default_factory=TrainingOptions)  # network details
 
     def __post_init__(self) -> None:
@@ -116,6 +117,9 @@ class ScanConfig:
             problems.append(f"oversample: expected 1, 2, 3 or 4, got {self.oversample!r}")
         if not (math.isfinite(self.keep_low) and self.keep_low >= 0):
             problems.append(f"keep_low: expected >= 0 pixels (0: off), got {self.keep_low}")
+        idle = self.end_after_idle_s
+        if idle is not None and not (math.isfinite(idle) and idle > 0):
+            problems.append(f"end_after_idle_s: expected > 0 seconds or null, got {idle}")
         if self.n is not None and self.n < 1:
             problems.append(f"n: expected >= 1 or null, got {self.n}")
         if isinstance(self.publish, tuple):

@@ -375,6 +375,8 @@ class N2IService:
                 frame = source.recv(self._recv_timeout)
                 if frame is not None:
                     self._file(frame)
+                elif (run := self._run) is not None:
+                    run.end_if_idle(time.monotonic())
         except Exception as exc:
             self._fatal = f"the frame source failed: {type(exc).__name__}: {exc}"
             log.exception("the ingest thread ended")
