@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from n2i_stream.config import from_mapping
-from n2i_stream.errors import ConfigError, DataError
+from n2i_stream.errors import ConfigError, DataError, ServiceError
 from n2i_stream.service.assembly import Assembler, AssemblyConfig, TimeStep
 from n2i_stream.wire import Frame, FrameHeader
 
@@ -303,6 +303,29 @@ def test_projections_before_any_reference_cannot_be_corrected():
     assert steps[0].dark_index.tolist() == [-1] * FPS
     with pytest.raises(DataError, match="before any dark or flat"):
         steps[0].line_integrals()
+
+
+def test_given_references_correct_projections_until_new_sets_arrive():
+    """A resumed scan starts from the darks and flats kept before the restart."""
+    kept_dark = np.full((ROWS, COLS), 90.0, np.float32)
+    kept_flat = np.full((ROWS, COLS), 3000.0, np.float32)
+    asm = Assembler(config())
+    asm.give_references(kept_dark, kept_flat)
+    assert asm.references_closed == 2
+    ids = projection_ids()
+    first = run(asm, [frame(i) for i in ids[:FPS]], flush=False)[0]  # no references came
+    (dark,), (flat,) = first.darks, first.flats
+    np.testing.assert_array_equal(dark, kept_dark)
+    np.testing.assert_array_equal(flat, kept_flat)
+    assert np.isfinite(first.line_integrals().data).all()
+    later = run(asm, [*references(), *(frame(i) for i in ids[FPS : 2 * FPS])])
+    assert asm.references_closed == 4
+    assert later[0].darks[0][0, 0] == DARK  # the sets that arrived took over
+    assert later[0].flats[0][0, 0] == FLAT
+    with pytest.raises(ServiceError, match="before the first frame"):
+        asm.give_references(kept_dark, kept_flat)
+    with pytest.raises(DataError, match=r"kept flat mean: expected shape \(4, 5\), got \(5, 4\)"):
+        Assembler(config()).give_references(None, kept_flat.T)
 
 
 def test_memory_stays_bounded_when_steps_are_released():

@@ -353,12 +353,14 @@ def test_a_killed_service_resumes_its_scan_from_disk(tmp_path, processes):
 
     second = processes()  # same configuration, same state directory
     assert second.ready["resumed"].startswith("scan 'r1':")
+    assert second.ready["resumed"].endswith("kept dark and flat means")
     status = second.status()
     assert (status["scan_id"], status["state"]) == ("r1", "streaming")
     assert status["training"]["state"] == "skipped"  # the saved model, not trained again
     assert status["training"]["model"] == before["training"]["model"]
-    # the detector goes on: references again, then the steps the first process never saw
-    stream(frame_messages(references + projections[4 * per_step :], "n2i"), second.ready["data"])
+    # the detector goes on with the steps the first process never saw, without sending its
+    # darks and flats again: the ones kept in the scan state correct them
+    stream(frame_messages(projections[4 * per_step :], "n2i"), second.ready["data"])
     done = second.wait_until(lambda s: s["state"] in ("done", "failed"))
     assert done["state"] == "done", done["reason"]
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, ServiceError
 from ..wire import Frame, FrameKind
 from .timestep import TimeStep
 
@@ -325,6 +325,31 @@ class Assembler:
     def finished(self) -> bool:
         """True once every step of the scan has been emitted or closed."""
         return bool(self._step_closed.all())
+
+    @property
+    def references_closed(self) -> int:
+        """How many dark and flat sets have closed (or been given): changes with the newest."""
+        return len(self._ref_means["dark"]) + len(self._ref_means["flat"])
+
+    def newest_references(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The newest closed dark and flat means (read-only float32), None where none closed."""
+        dark, flat = self._ref_means["dark"], self._ref_means["flat"]
+        return (dark[-1] if dark else None), (flat[-1] if flat else None)
+
+    def give_references(self, dark: np.ndarray | None, flat: np.ndarray | None) -> None:
+        """Start from dark and flat means kept from before (a resumed scan whose detector does
+        not send its references again); sets that arrive later take over from them. Only
+        before the first frame; DataError for means of another shape."""
+        if self._n["received"]:
+            raise ServiceError("references can only be given before the first frame")
+        for kind, mean in (("dark", dark), ("flat", flat)):
+            if mean is None:
+                continue
+            if mean.shape != self._shape:
+                raise DataError(f"kept {kind} mean: expected shape {self._shape}, got {mean.shape}")
+            kept = np.array(mean, dtype=np.float32)
+            kept.setflags(write=False)
+            self._ref_means[kind].append(kept)
 
     def counters(self) -> AssemblyCounters:
         with self._lock:

@@ -156,7 +156,8 @@ class ScanRun:
     scan's results file (closed at the end of the scan). ``model`` is a denoiser loaded from the
     scan's ``model`` checkpoint (training is then skipped). State changes go to ``state``.
     ``skip_steps`` are steps a resumed scan has on disk already: their frames, should they come
-    again, are not reconstructed again (counted in ``steps_on_disk``).
+    again, are not reconstructed again (counted in ``steps_on_disk``); ``references`` are the
+    dark and flat means it had (see :meth:`Assembler.give_references`).
     """
 
     def __init__(
@@ -169,11 +170,13 @@ class ScanRun:
         file_sink: ResultsFileSink | None = None,
         model: Denoiser | None = None,
         skip_steps: Collection[int] = (),
+        references: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
     ) -> None:
         self.scan = scan
         self._skip = frozenset(skip_steps)
         self.options = options
         self.assembler = Assembler(scan.assembly)
+        self.assembler.give_references(*references)
         self.training = TrainingProgress()
         self._state = state
         self._sinks = [*sinks, *([file_sink] if file_sink is not None else [])]

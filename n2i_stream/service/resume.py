@@ -16,8 +16,11 @@ the centre and the attributes into a fresh file, renames it over the old one (th
 intact until then, so a kill during recovery loses nothing) and keeps writing to it. Results
 the resumed scan makes again for steps the file already holds are not written twice.
 
-The resumed scan loads the model trained before the crash (``scan.model`` = the checkpoint)
-instead of training again; steps whose FBP is on disk but whose denoised volume is not are
+The journal also keeps the newest dark and flat means (``references.npz``, rewritten whenever a
+set closes), so a resumed scan can correct projections even when the detector does not send its
+references again after the restart; sets that do arrive take over from them. The resumed scan
+loads the model trained before the crash (``scan.model`` = the checkpoint) instead of training
+again; steps whose FBP is on disk but whose denoised volume is not are
 denoised from the file while it is recovered (:attr:`ResumePlan.backfill`). A scan that
 crashed ``max_resumes`` times is given up (recorded as finished) rather than resumed into a
 crash loop.
@@ -34,6 +37,7 @@ Wiring (``n2i-stream serve`` with ``[state] directory``)::
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -77,6 +81,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "n2i-stream-scan-state-1"
+REFERENCES = "references.npz"  # the newest dark and flat means, beside scan.json
 RecordState = Literal["running", "finished"]
 
 
@@ -183,6 +188,17 @@ class ScanJournal:
         """Record the checkpoint of the scan's trained model."""
         with self._lock:
             return self._write(replace(self._current(record), model=str(checkpoint)))
+
+    def references_saved(
+        self, record: ScanRecord, dark: np.ndarray | None, flat: np.ndarray | None
+    ) -> None:
+        """Keep the scan's newest dark and flat means (``references.npz`` beside its record),
+        for a restart whose detector does not send them again."""
+        buffer = io.BytesIO()
+        kept = {k: v for k, v in (("dark", dark), ("flat", flat)) if v is not None}
+        np.savez(buffer, **kept)
+        with self._lock:
+            atomic_write(record.directory / REFERENCES, buffer.getvalue())
 
     def resumed(self, record: ScanRecord) -> ScanRecord:
         """Count one more resume of ``record``."""
@@ -388,6 +404,7 @@ class ResumePlan:
     record: ScanRecord
     scan: ScanConfig  # the recorded scan, with ``model`` = the checkpoint trained before
     content: ResultsContent | None  # None: no usable results file (it starts afresh)
+    references: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # dark, flat means
 
     @property
     def done(self) -> dict[str, frozenset[int]]:
@@ -449,9 +466,11 @@ class ResumePlan:
     def describe(self) -> str:
         fbp, denoised = self.done.get("fbp", frozenset()), self.done.get("denoised", frozenset())
         model = f"model {self.scan.model}" if self.scan.model else "no trained model"
+        kept = [k for k, m in zip(("dark", "flat"), self.references, strict=True) if m is not None]
+        references = f"kept {' and '.join(kept)} means" if kept else "no kept darks or flats"
         return (
             f"scan {self.scan.scan_id!r}: {len(fbp)} of {self.scan.steps} steps on disk "
-            f"({len(denoised)} denoised), {model}"
+            f"({len(denoised)} denoised), {model}, {references}"
         )
 
 
@@ -474,7 +493,26 @@ def plan_resume(record: ScanRecord) -> ResumePlan:
                 f"{scan.output}: volumes {content.shape}, scan {scan.scan_id!r} makes "
                 f"{scan.volume_shape}; not resuming into a different file"
             )
-    return ResumePlan(record, scan, content)
+    return ResumePlan(record, scan, content, _kept_references(record, scan))
+
+
+def _kept_references(
+    record: ScanRecord, scan: ScanConfig
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    path = record.directory / REFERENCES
+    if not path.exists():
+        return None, None
+    shape = (scan.rows, scan.cols)
+    try:
+        with np.load(path) as kept:
+            means = tuple(kept[k] if k in kept.files else None for k in ("dark", "flat"))
+    except (OSError, ValueError) as exc:
+        log.warning("scan %s: kept darks and flats not readable (%s): %s", scan.scan_id, path, exc)
+        return None, None
+    if any(m is not None and m.shape != shape for m in means):
+        log.warning("scan %s: kept darks and flats are not %s: not used", scan.scan_id, shape)
+        return None, None
+    return means  # type: ignore[return-value]
 
 
 def resume_unfinished(journal: ScanJournal) -> ResumePlan | None:

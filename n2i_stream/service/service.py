@@ -92,6 +92,7 @@ class N2IService:
         self._warm_thread: threading.Thread | None = None
         self._journal = journal
         self._record: ScanRecord | None = None
+        self._references_kept = 0  # the run's references_closed last written to the journal
         if journal is not None:
             self._machine.add_listener(self._journal_state)
 
@@ -160,6 +161,7 @@ class N2IService:
                     file_sink=file_sink,
                     model=model,
                     skip_steps=resume.skip_steps if resume is not None else (),
+                    references=resume.references if resume is not None else (None, None),
                 )
             except BaseException as exc:
                 if file_sink is not None:
@@ -168,6 +170,7 @@ class N2IService:
                     self._journal.finish(record, f"failed to start: {exc}")
                 raise
             self._record = record
+            self._references_kept = run.assembler.references_closed  # given ones are kept
             self._baseline = self._source.counters()
             self._run = run  # before the state changes: listeners look at the run
             self._machine.move("acquiring")
@@ -409,6 +412,19 @@ class N2IService:
         except Exception as exc:
             log.exception("scan %s: filing a frame failed", run.scan.scan_id)
             run.fail(f"assembly failed: {type(exc).__name__}: {exc}")
+        if self._journal is not None and self._record is not None:
+            closed = run.assembler.references_closed
+            if closed != self._references_kept:
+                self._references_kept = closed
+                self._keep_references(run, self._record)
+
+    def _keep_references(self, run: ScanRun, record: ScanRecord) -> None:
+        """Write the newest darks and flats to the scan's state (rare: when a set closes)."""
+        assert self._journal is not None
+        try:
+            self._journal.references_saved(record, *run.assembler.newest_references())
+        except OSError as exc:
+            log.error("scan %s: darks and flats not kept in the state: %s", record.scan_id, exc)
 
     def _journal_state(self, state: str, reason: str | None) -> None:
         """Keep the scan's record in step: its model once there is one, and its end."""
