@@ -12,12 +12,16 @@ import sys
 import threading
 import time
 
+import h5py
+import numpy as np
 import zmq
 
 from n2i_stream.cli import serve
 from n2i_stream.cli.config import settings_from_args
 from n2i_stream.service.control import ControlClient
 from n2i_stream.service.documents import encode_message
+from n2i_stream.sim.scan import DynamicScan, SimConfig
+from n2i_stream.sim.stream import frame_messages, scan_config_for, stream
 
 SETTINGS = """
 [data]
@@ -149,3 +153,50 @@ def test_start_and_stop_documents_drive_a_scan(tmp_path):
         proc.stdout.close()
         pub.close()
         ctx.term()
+
+
+def test_serve_runs_a_scan_on_its_slab_workers(tmp_path):
+    """``[slabs] workers`` starts the worker processes, waits for them and hands the scan's
+    steps to them; ``--scan`` with ``--exit-when-done`` ends the process with the scan."""
+    sim = SimConfig(width=32, rows=4, steps=4, per_step=16, n_darks=2, n_flats=2,
+                    dynamics_start=3, supersample=1, seed=1)  # fmt: skip
+    output = tmp_path / "results.h5"
+    scan_file = tmp_path / "scan.json"
+    scan_file.write_text(
+        json.dumps(scan_config_for(sim, scan_id="slab-run", train_steps=2, output=str(output),
+                                   training={"depth": 2, "width": 4, "crop": 16, "batch": 2}))
+    )  # fmt: skip
+    settings = tmp_path / "service.toml"
+    settings.write_text(
+        SETTINGS + f'\n[slabs]\nworkers = 1\ntasks = "ipc://{tmp_path}/tasks"\n'
+        f'results = "ipc://{tmp_path}/results"\n'
+    )
+    command = [sys.executable, "-m", "n2i_stream", "serve", "--config", str(settings),
+               "--scan", str(scan_file), "--exit-when-done"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    seen = []
+    try:
+        ready = None
+        while ready is None:
+            line = lines.get(timeout=120)
+            assert line is not None, "serve ended before it was ready:\n" + "".join(seen)
+            seen.append(line)
+            if line.startswith("{"):
+                ready = json.loads(line)
+        assert ready["slab_workers"] == 1
+        stream(frame_messages(DynamicScan(sim).frames(), "n2i"), ready["data"])
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
+        proc.stdout.close()
+    with h5py.File(output, "r") as f:
+        assert sorted(f["reconstruction/time_step"][()].tolist()) == list(range(sim.steps))
+        assert np.isfinite(f["reconstruction/denoised"][()]).all()

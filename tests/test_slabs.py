@@ -4,10 +4,12 @@ PUSH/PULL on loopback give the whole-volume result; 2 workers give what 1 worker
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import zmq
 
 from n2i_stream import ServiceError
 from n2i_stream.core.fbp import fbp
@@ -22,7 +24,12 @@ from n2i_stream.learn import (
     save_checkpoint,
 )
 from n2i_stream.learn.patches import Normalisation
-from n2i_stream.service.slabs import SlabPool, SlabTask, slab_bounds
+from n2i_stream.service.loopback import Loopback
+from n2i_stream.service.pipeline import PipelineOptions
+from n2i_stream.service.sinks import StepResult
+from n2i_stream.service.slabs import HELLO, SlabPool, SlabTask, slab_bounds
+from n2i_stream.sim.scan import DynamicScan, SimConfig
+from n2i_stream.sim.stream import frame_messages, scan_config_for, stream
 
 ROWS, COLS, ANGLES, CONTEXT = 9, 32, 24, 2
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -145,3 +152,64 @@ def test_bench_scale_reports_steps_per_second(capsys):
     report = json.loads(capsys.readouterr().out)
     assert [r["mode"] for r in report["results"]] == ["in-process", "1 worker"]
     assert all(r["steps_per_s"] > 0 for r in report["results"])
+
+
+# -- the live service on a pool ------------------------------------------------------------------
+
+SIM = SimConfig(
+    width=32, rows=4, steps=5, per_step=24, n_darks=4, n_flats=4, dynamics_start=3,
+    supersample=1, seed=4,
+)  # fmt: skip
+TINY = {"depth": 2, "width": 4, "crop": 16, "batch": 2}
+
+
+def live_scan(pool: SlabPool, tmp_path) -> tuple[dict, list[StepResult]]:
+    """Run the simulated scan through the service on ``pool``: its status and results."""
+    config = scan_config_for(
+        SIM, scan_id="slabs", train_steps=2, train_iterations=2, training=TINY,
+        output=str(tmp_path / "results.h5"),
+    )  # fmt: skip
+    with Loopback(options=PipelineOptions(infer_threads=1), slab_pool=pool) as lb:
+        lb.service.configure(config)
+        stream(frame_messages(DynamicScan(SIM).frames(), "n2i"), lb.data_endpoint,
+               context=lb.context)  # fmt: skip
+        assert lb.service.wait_for({"done", "failed"}, timeout=60) == "done"
+        return lb.service.status(), list(lb.memory.results)
+
+
+def test_a_live_scan_runs_its_fbp_and_denoising_on_the_slab_workers(pools, tmp_path):
+    pool = pools(2)
+    status, results = live_scan(pool, tmp_path)
+    assert status["steps"]["published_denoised"] == SIM.steps
+    assert status["steps"]["slab_failures"] == 0
+    assert pool.completed == 2 * SIM.steps  # every step's FBP and denoising came from the pool
+    model = load_checkpoint(status["training"]["model"])  # trained, saved, loaded by the workers
+    fbp_of = {r.time_step: r.volume for r in results if r.kind == "fbp"}
+    for r in (r for r in results if r.kind == "denoised"):
+        expected = denoise_volume(model, fbp_of[r.time_step])
+        np.testing.assert_allclose(r.volume, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_pool_whose_workers_never_answer_leaves_the_scan_to_the_service(tmp_path):
+    """A worker that said hello and then hangs (or died): after the pool's timeout the scan
+    goes on in the service process and loses nothing."""
+    pool = SlabPool(1, spawn="none", timeout=0.5)
+    ctx = zmq.Context()
+    tasks, results = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    try:
+        tasks.connect(pool.tasks_endpoint)
+        results.connect(pool.results_endpoint)
+        results.send(json.dumps({"htype": HELLO, "worker": "hung"}).encode())
+        pool.start(timeout=30)
+        status, results_seen = live_scan(pool, tmp_path)
+    finally:
+        pool.close()
+        tasks.close(linger=0)
+        results.close(linger=0)
+        ctx.term()
+    assert status["steps"]["slab_failures"] == 1
+    assert pool.completed == 0
+    assert status["steps"]["published_fbp"] == status["steps"]["published_denoised"] == SIM.steps
+    assert sorted(r.time_step for r in results_seen if r.kind == "denoised") == list(
+        range(SIM.steps)
+    )

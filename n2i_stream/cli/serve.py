@@ -185,9 +185,23 @@ def run(args: argparse.Namespace) -> int:
     dashboard = None
     documents = None
     service = None
+    pool = None
     try:
+        if settings.slabs.workers:
+            from ..service.slabs import SlabPool
+
+            s = settings.slabs
+            pool = SlabPool(
+                s.workers,
+                tasks=s.tasks,
+                results=s.results,
+                spawn="process" if s.spawn else "none",
+                device=settings.devices.device,
+            ).start()
         source = ZmqFrameSource(settings.data, context=ops.context("data", ctx))
-        service = N2IService(source, options=settings.pipeline_options(), journal=ops.journal)
+        service = N2IService(
+            source, options=settings.pipeline_options(), journal=ops.journal, slab_pool=pool
+        )
         results = ZmqResultSink(settings.results, context=ops.context("results", ctx))
         service.add_sink(results)
         if settings.dashboard.enabled:
@@ -227,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
                     "results": results.endpoint,
                     **({"dashboard": dashboard.url} if dashboard is not None else {}),
                     **({"documents": documents.endpoint} if documents is not None else {}),
+                    **({"slab_workers": pool.workers} if pool is not None else {}),
                 }
             ),
             flush=True,
@@ -238,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
             documents.close()  # no new scans while draining
         if service is not None:
             service.close()
+        if pool is not None:
+            pool.close()
         if control is not None:
             control.close()
         if dashboard is not None:

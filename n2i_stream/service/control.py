@@ -70,7 +70,8 @@ STATUS:
 the ``drop_oldest`` policy), ``backlog_dropped``, ``failed`` (steps that could not be
 corrected), ``clipped_values`` (transmissions clipped to keep line integrals finite),
 ``on_disk`` (steps a resumed scan had written already), ``buffers_in_use`` (step buffers of raw
-counts held right now), ``buffers_allocated`` (beyond the pool: the worker fell behind)};
+counts held right now), ``buffers_allocated`` (beyond the pool: the worker fell behind),
+``slab_failures`` (the slab workers failed; the scan went on in the service process)};
 ``training`` {``state`` "waiting"|"running"|"done"|"failed"|"skipped", ``reason``,
 ``iteration``, ``iterations``, ``loss``, ``eta_s``, ``elapsed_s``, ``losses`` (recent), ``model``
 (checkpoint in use or saved)}; ``latency_s`` {``last``, ``median``, ``max``} (last

@@ -27,6 +27,7 @@ from .control import ControlClient, ControlHandler, ControlServer
 from .pipeline import PipelineOptions
 from .service import N2IService
 from .sinks import MemorySink, ResultSink
+from .slabs import SlabPool
 
 __all__ = ["Loopback", "ResultSubscriber"]
 
@@ -99,7 +100,8 @@ class ResultSubscriber:
 class Loopback:
     """The service with every socket on 127.0.0.1 (free ports); a context manager.
 
-    ``sinks`` are added next to the PUB sink and :attr:`memory` (a :class:`MemorySink`).
+    ``sinks`` are added next to the PUB sink and :attr:`memory` (a :class:`MemorySink`);
+    ``slab_pool`` (started, owned by the caller) goes to the service.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Loopback:
         buffers: int = 64,
         sinks: Sequence[ResultSink] = (),
         context: zmq.Context | None = None,
+        slab_pool: SlabPool | None = None,
     ) -> None:
         self._own_context = context is None
         self.context = zmq.Context() if context is None else context
@@ -120,7 +123,7 @@ class Loopback:
             ),
             context=self.context,
         )
-        self.service = N2IService(self.source, options=options)
+        self.service = N2IService(self.source, options=options, slab_pool=slab_pool)
         self.memory = MemorySink()
         self.results_sink = ZmqResultSink(
             ZmqSinkConfig(endpoint="tcp://127.0.0.1:*"), context=self.context

@@ -52,11 +52,13 @@ from .assembly import Assembler, TimeStep
 from .queues import StageQueue
 from .scan_config import ScanConfig
 from .sinks import ResultsFileSink, ResultSink, StepResult
+from .slabs import SlabPool, SlabTask
 from .state import StateMachine
 from .steps import find_step_center, reconstruct_step, step_geometry
 from .training import TrainingJob, TrainingOutcome, TrainingProgress, train_config
 
 if TYPE_CHECKING:
+    from ..core.geometry import ParallelGeometry
     from ..learn import Denoiser
 
 __all__ = ["PipelineOptions", "ScanRun"]
@@ -157,7 +159,9 @@ class ScanRun:
     scan's ``model`` checkpoint (training is then skipped). State changes go to ``state``.
     ``skip_steps`` are steps a resumed scan has on disk already: their frames, should they come
     again, are not reconstructed again (counted in ``steps_on_disk``); ``references`` are the
-    dark and flat means it had (see :meth:`Assembler.give_references`).
+    dark and flat means it had (see :meth:`Assembler.give_references`). With ``slab_pool`` each
+    step's FBP, and its denoising when the model is a checkpoint on disk, run on the pool's
+    workers; should the pool fail (a worker died), the scan goes on in this process.
     """
 
     def __init__(
@@ -171,8 +175,11 @@ class ScanRun:
         model: Denoiser | None = None,
         skip_steps: Collection[int] = (),
         references: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+        slab_pool: SlabPool | None = None,
     ) -> None:
         self.scan = scan
+        self._pool = slab_pool
+        self.slab_failures = 0  # steps the pool failed (then computed in this process)
         self._skip = frozenset(skip_steps)
         self.options = options
         self.assembler = Assembler(scan.assembly)
@@ -389,13 +396,40 @@ class ScanRun:
         if not self._model_checked:
             self._check_model()
         geometry = step_geometry(angles, scan, self._center)
-        volume = reconstruct_step(li, geometry, scan)
+        volume = self._fbp(li, geometry)
         if self._train_config is not None and step.index < scan.train_steps and self._job is None:
             self._train_data[step.index] = (li, geometry)
         live = self._model is not None
         self._emit(self._result(step.index, "fbp", volume, missing), last_at, final=not live)
         if not (self._model_known.is_set() and self._model is None):
             self._backlog.put(_Pending(step.index, volume, missing, last_at, live))
+
+    def _fbp(self, li: np.ndarray, geometry: ParallelGeometry) -> np.ndarray:
+        scan = self.scan
+        task = SlabTask(
+            "fbp", li, geometry=geometry, n=scan.size, filter=scan.filter,
+            oversample=scan.oversample,
+        )  # fmt: skip
+        volume = self._on_pool(task)
+        return volume if volume is not None else reconstruct_step(li, geometry, scan)
+
+    def _on_pool(self, task: SlabTask) -> np.ndarray | None:
+        """``task``'s volume from the slab workers; None without a pool, or when it failed (it
+        is then not used again in this scan: a dead worker would stall every step)."""
+        pool = self._pool
+        if pool is None:
+            return None
+        try:
+            return pool.run(task)[0]
+        except N2IError as exc:
+            self._pool = None
+            self.slab_failures += 1
+            log.error(
+                "scan %s: the slab workers failed (%s); going on in the service process",
+                self.scan.scan_id,
+                exc,
+            )
+            return None
 
     def _check_model(self) -> None:
         """A given model must fit the scan; checked once the centre ("auto") is known."""
@@ -510,14 +544,22 @@ class ScanRun:
             batch = self.options.denoise_batch
             device = next(model.network.parameters()).device
             nhwc = self.options.channels_last and device.type == "cpu" and model.spec.name != "msd"
+            checkpoint = self.training.model  # the pool's workers load the model from disk
             while (item := self._backlog.get()) is not _END:
-                volume = denoise_volume(
-                    model,
-                    item.volume,
-                    batch=batch,
-                    channels_last=nhwc,
-                    keep_low=self.scan.keep_low,
-                )
+                volume = None
+                if checkpoint is not None:
+                    volume = self._on_pool(
+                        SlabTask("denoise", item.volume, model=checkpoint,
+                                 context=model.context, keep_low=self.scan.keep_low)
+                    )  # fmt: skip
+                if volume is None:
+                    volume = denoise_volume(
+                        model,
+                        item.volume,
+                        batch=batch,
+                        channels_last=nhwc,
+                        keep_low=self.scan.keep_low,
+                    )
                 result = self._result(item.time_step, "denoised", volume, item.missing)
                 self._emit(result, item.last_frame_at, final=item.live)
         except Exception as exc:
@@ -627,6 +669,7 @@ class ScanRun:
             "on_disk": self.steps_on_disk,
             "buffers_in_use": c.step_buffers_in_use,
             "buffers_allocated": c.step_buffers_allocated,
+            "slab_failures": self.slab_failures,
         }
 
     def latency_status(self) -> dict[str, float | None]:

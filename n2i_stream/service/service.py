@@ -38,6 +38,7 @@ from .training import train_config
 if TYPE_CHECKING:
     from ..learn import Denoiser
     from .resume import ResumePlan, ScanJournal, ScanRecord
+    from .slabs import SlabPool
 
 __all__ = ["N2IService"]
 
@@ -59,7 +60,9 @@ class N2IService:
     in the background at :meth:`start`, so the first scan's first step does not wait for them.
     With a ``journal``
     (:class:`~n2i_stream.service.resume.ScanJournal`) every scan is recorded on disk, so that
-    a restarted service can resume it.
+    a restarted service can resume it. With a started ``slab_pool``
+    (:class:`~n2i_stream.service.slabs.SlabPool`, owned by the caller) each step's FBP and
+    denoising are split over its workers.
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class N2IService:
         recv_timeout: float = 0.05,
         journal: ScanJournal | None = None,
         warm_up: bool = True,
+        slab_pool: SlabPool | None = None,
     ) -> None:
         self.options = options or PipelineOptions()
+        self._slab_pool = slab_pool
         self._source = source
         self._recv_timeout = recv_timeout
         self._sinks: list[ResultSink] = []
@@ -162,6 +167,7 @@ class N2IService:
                     model=model,
                     skip_steps=resume.skip_steps if resume is not None else (),
                     references=resume.references if resume is not None else (None, None),
+                    slab_pool=self._slab_pool,
                 )
             except BaseException as exc:
                 if file_sink is not None:
@@ -485,4 +491,5 @@ _NO_STEPS: dict[str, Any] = {
     "on_disk": 0,
     "buffers_in_use": 0,
     "buffers_allocated": 0,
+    "slab_failures": 0,
 }

@@ -245,6 +245,7 @@ class SlabPool:
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
+        self.completed = 0  # tasks whose every slab came back (volumes assembled)
         self._hellos: list[str] = []
         self._ready = threading.Condition(self._lock)
         self._wake = f"inproc://n2i-slabs-wake-{next(_ids)}"
@@ -393,6 +394,8 @@ class SlabPool:
                 for (_, (a, b)), volumes in zip(parts, pieces, strict=True):
                     for k in range(kinds):
                         out[k][a:b] = volumes[k]
+                with self._lock:
+                    self.completed += 1
                 whole.set_result(out)
             except Exception as exc:
                 whole.set_exception(exc)
