@@ -583,41 +583,22 @@ def test_the_auto_window_ignores_noise_and_unwritten_voxels(rng: np.random.Gener
 
 
 def test_serve_with_dashboard_prints_its_url_and_serves_the_status() -> None:
-    import os
     import signal
-    import subprocess
-    import sys
 
-    command = [
-        sys.executable, "-m", "n2i_stream", "serve", "--data", "tcp://127.0.0.1:*",
-        "--control", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*",
-        "--dashboard", "127.0.0.1:0",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        ready = None
-        for line in proc.stdout:  # ends (and fails below) if serve exits before it is ready
-            if line.startswith("{"):
-                ready = json.loads(line)
-                break
-        assert ready is not None, "serve ended before it was ready"
-        url = ready["dashboard"]
+    from serving import serving
+
+    with serving(
+        "--data", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
+        "--results", "tcp://127.0.0.1:*", "--dashboard", "127.0.0.1:0",
+    ) as server:  # fmt: skip
+        url = server.ready["dashboard"]
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(url + "api/status", timeout=10) as response:
             assert json.loads(response.read())["state"] == "idle"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b"n2i-stream" in response.read()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
 
 
 def test_serve_rejects_a_bad_dashboard_address() -> None:

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import queue
-import subprocess
-import sys
-import threading
 import time
 
 import h5py
 import numpy as np
 import zmq
+from serving import serving
 
 from n2i_stream.cli import serve
 from n2i_stream.cli.config import settings_from_args
@@ -75,12 +71,6 @@ def test_without_a_file_the_flags_defaults_are_the_old_ones():
     assert (options.overload, options.queue_steps, options.infer_threads) == ("block", 4, 0)
 
 
-def _lines(pipe, out: queue.Queue) -> None:
-    for line in pipe:
-        out.put(line)
-    out.put(None)
-
-
 def _until(predicate, timeout: float = 30.0, every=None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -101,56 +91,38 @@ def test_start_and_stop_documents_drive_a_scan(tmp_path):
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    command = [sys.executable, "-m", "n2i_stream", "serve", "--config", str(path),
-               "--documents", f"tcp://127.0.0.1:{port}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
     try:
-        ready = None
-        while ready is None:
-            line = lines.get(timeout=60)
-            assert line is not None, "serve ended before it was ready"
-            if line.startswith("{"):
-                ready = json.loads(line)
-        assert ready["documents"] == f"tcp://127.0.0.1:{port}"
-        start = {"uid": "run-1", "time": 0.0, "n2i": {"control": "documents", "scan": SCAN}}
-        with ControlClient(ready["control"]) as client:
+        with serving("--config", str(path), "--documents", f"tcp://127.0.0.1:{port}") as server:
+            assert server.ready["documents"] == f"tcp://127.0.0.1:{port}"
+            start = {"uid": "run-1", "time": 0.0, "n2i": {"control": "documents", "scan": SCAN}}
+            with ControlClient(server.ready["control"]) as client:
 
-            def status():
-                return client.call("status")["status"]
+                def status():
+                    return client.call("status")["status"]
 
-            # SUB joins late: repeat the start document until the scan exists (repeats are
-            # refused by the running scan and counted by the listener, not acted on).
-            _until(
-                lambda: status()["scan_id"] == "doc-run",
-                every=lambda: pub.send(encode_message("start", start)),
-            )
-            assert status()["state"] not in ("done", "failed")
-            pub.send(
-                encode_message(
-                    "stop",
-                    {"uid": "stop-1", "run_start": "run-1", "exit_status": "abort",
-                     "reason": "user"},
+                # SUB joins late: repeat the start document until the scan exists (repeats are
+                # refused by the running scan and counted by the listener, not acted on).
+                _until(
+                    lambda: status()["scan_id"] == "doc-run",
+                    every=lambda: pub.send(encode_message("start", start)),
                 )
-            )  # fmt: skip
-            _until(lambda: status()["state"] == "done")
-            assert status()["reason"] == "aborted"
-            # without [scan_defaults] train_steps = 2 this scan (3 steps) would be refused
-            client.call("configure", scan={**SCAN, "scan_id": "ctl-run", "output": "ctl.h5"})
-            assert status()["output"] == str(tmp_path / "out" / "ctl.h5")
-            assert client.call("abort")["state"] == "done"
-            client.call("shutdown")
-        assert proc.wait(60) == 0
+                assert status()["state"] not in ("done", "failed")
+                pub.send(
+                    encode_message(
+                        "stop",
+                        {"uid": "stop-1", "run_start": "run-1", "exit_status": "abort",
+                         "reason": "user"},
+                    )
+                )  # fmt: skip
+                _until(lambda: status()["state"] == "done")
+                assert status()["reason"] == "aborted"
+                # without [scan_defaults] train_steps = 2 this scan (3 steps) would be refused
+                client.call("configure", scan={**SCAN, "scan_id": "ctl-run", "output": "ctl.h5"})
+                assert status()["output"] == str(tmp_path / "out" / "ctl.h5")
+                assert client.call("abort")["state"] == "done"
+                client.call("shutdown")
+            assert server.proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(10)
-        proc.stdout.close()
         pub.close()
         ctx.term()
 
@@ -171,32 +143,11 @@ def test_serve_runs_a_scan_on_its_slab_workers(tmp_path):
         SETTINGS + f'\n[slabs]\nworkers = 1\ntasks = "ipc://{tmp_path}/tasks"\n'
         f'results = "ipc://{tmp_path}/results"\n'
     )
-    command = [sys.executable, "-m", "n2i_stream", "serve", "--config", str(settings),
-               "--scan", str(scan_file), "--exit-when-done"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
-    seen = []
-    try:
-        ready = None
-        while ready is None:
-            line = lines.get(timeout=120)
-            assert line is not None, "serve ended before it was ready:\n" + "".join(seen)
-            seen.append(line)
-            if line.startswith("{"):
-                ready = json.loads(line)
-        assert ready["slab_workers"] == 1
-        stream(frame_messages(DynamicScan(sim).frames(), "n2i"), ready["data"])
-        assert proc.wait(120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(10)
-        proc.stdout.close()
+    with serving("--config", str(settings), "--scan", str(scan_file), "--exit-when-done",
+                 timeout=120) as server:  # fmt: skip
+        assert server.ready["slab_workers"] == 1
+        stream(frame_messages(DynamicScan(sim).frames(), "n2i"), server.ready["data"])
+        assert server.proc.wait(120) == 0
     with h5py.File(output, "r") as f:
         assert sorted(f["reconstruction/time_step"][()].tolist()) == list(range(sim.steps))
         assert np.isfinite(f["reconstruction/denoised"][()]).all()

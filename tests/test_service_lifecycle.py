@@ -3,12 +3,7 @@ sinks, overload, disconnecting subscribers, frames with no scan. Nothing receive
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from polling import wait_until
+from serving import serving
 
 from n2i_stream.errors import ServiceError
 from n2i_stream.io.memory_source import MemoryFrameSource
@@ -300,36 +296,17 @@ def test_step_buffers_stay_bounded(loopback, frames, model, tmp_path):
     assert (steps["buffers_in_use"], steps["buffers_allocated"]) == (0, c.step_buffers_allocated)
 
 
-def _lines(pipe, out: queue.Queue) -> None:
-    for line in pipe:
-        out.put(line)
-    out.put(None)
-
-
 def test_sigterm_mid_scan_closes_the_file_with_every_received_step(frames, tmp_path):
     """``n2i-stream serve`` as a process: SIGTERM while training runs drains and exits 0."""
-    command = [
-        sys.executable, "-m", "n2i_stream", "serve", "--data", "tcp://127.0.0.1:*",
-        "--control", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
-    try:
-        ready = None
-        while ready is None:
-            line = lines.get(timeout=60)
-            assert line is not None, "serve ended before it was ready"
-            if line.startswith("{"):
-                ready = json.loads(line)
-        output = tmp_path / "results.h5"
-        with ControlClient(ready["control"]) as client:
+    output = tmp_path / "results.h5"
+    with serving(
+        "--data", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
+        "--results", "tcp://127.0.0.1:*",
+    ) as server:  # fmt: skip
+        with ControlClient(server.ready["control"]) as client:
             client.call("configure", scan=scan(tmp_path, train_minutes=10.0, output=str(output)))
             part = frames[: PREFIX + K * SIM.per_step + 5]
-            stream(frame_messages(part, "n2i"), ready["data"])
+            stream(frame_messages(part, "n2i"), server.ready["data"])
             wait_until(lambda: client.call("status")["status"]["counters"]["received"] == len(part))
             wait_until(lambda: client.call("status")["status"]["state"] == "training")
             wait_until(lambda: client.call("status")["status"]["steps"]["published_fbp"] == K)
@@ -337,14 +314,8 @@ def test_sigterm_mid_scan_closes_the_file_with_every_received_step(frames, tmp_p
             with h5py.File(output, "r", libver="latest", swmr=True) as live:
                 assert sorted(live["/reconstruction/time_step"][()].tolist()) == list(range(K))
                 assert np.isfinite(live["/reconstruction/fbp"][()]).all()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(10)
-        proc.stdout.close()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
     f = results_file(output)
     assert sorted(f["time_step"].tolist()) == [0, 1, 2, 3]
     missing = dict(zip(f["time_step"].tolist(), f["missing_frames"].tolist(), strict=True))
