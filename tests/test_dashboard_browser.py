@@ -39,7 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 60_000  # generous: on a loaded 2-core machine chromium is starved for seconds
 
 
 def chromium_path() -> str | None:

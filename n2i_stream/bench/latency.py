@@ -20,6 +20,8 @@ when the sender reached 95 % of the rate, every step was denoised and published,
 median within 2 × the first quarter's + 0.25 s). ``--find-max`` searches the highest rate that
 keeps up (doubling, then bisecting). On a shared machine other work slows runs at random:
 ``--repeat N`` measures each rate N times and keeps the best run (the least disturbed).
+``--slab-workers N`` runs each step's FBP and denoising on N local slab worker processes (as
+``serve`` with ``[slabs] workers = N``); CPU/step then counts the service process only.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fbp-threads", type=int, default=0, help="numba threads (0: all)")
     parser.add_argument("--format", default="n2i", choices=("n2i", "array-1.0", "gigafrost"))
     parser.add_argument("--no-file", action="store_true", help="publish only, no HDF5 file")
+    parser.add_argument(
+        "--slab-workers", type=int, default=0, help="FBP and denoising on N worker processes (0)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -68,9 +73,16 @@ def run(args: argparse.Namespace) -> int:
     quiet_openmp()  # before any OpenMP pool starts
     from ..errors import ConfigError
 
-    if args.rate <= 0 or args.steps < _K + 2 or args.train_minutes <= 0 or args.repeat < 1:
+    if (
+        args.rate <= 0
+        or args.steps < _K + 2
+        or args.train_minutes <= 0
+        or args.repeat < 1
+        or args.slab_workers < 0
+    ):
         raise ConfigError(
-            f"expected --rate > 0, --steps >= {_K + 2}, --train-minutes > 0, --repeat >= 1"
+            f"expected --rate > 0, --steps >= {_K + 2}, --train-minutes > 0, --repeat >= 1, "
+            "--slab-workers >= 0"
         )
     with tempfile.TemporaryDirectory(prefix="n2i-bench-latency-") as tmp:
         bench = LatencyBench(args, Path(tmp))
@@ -126,8 +138,15 @@ class LatencyBench:
         self._runs = 0
         if self._pipe.recv() != "ready":
             raise RuntimeError("the sender process did not start")
+        self.pool = None
+        if args.slab_workers:
+            from ..service.slabs import SlabPool
+
+            self.pool = SlabPool(args.slab_workers, spawn="process").start()
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         self._pipe.send(("quit",))
         self._sender.join(30)
         if self._sender.is_alive():
@@ -175,7 +194,7 @@ class LatencyBench:
         """One warm-up scan and one measured scan at ``rate`` frames per second."""
         from ..service.loopback import Loopback
 
-        with Loopback(options=self._options(), control=False) as lb:
+        with Loopback(options=self._options(), control=False, slab_pool=self.pool) as lb:
             service = lb.service
             service.configure(self._scan(model=str(model), output=None))
             warmup = self.sim.n_darks + self.sim.n_flats + 3 * self.sim.per_step
@@ -259,6 +278,7 @@ def _summary(
         "latency_max_s": round(lat[-1], 4) if lat else float("nan"),
         "backlog_max": backlog,
         "dropped_overload": status["steps"]["dropped_overload"],
+        "slab_failures": status["steps"]["slab_failures"],
         "keeps_up": state == "done"
         and denoised == steps
         and reached >= 0.95 * rate
