@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -27,7 +27,9 @@ from .control import ControlClient, ControlHandler, ControlServer
 from .pipeline import PipelineOptions
 from .service import N2IService
 from .sinks import MemorySink, ResultSink
-from .slabs import SlabPool
+
+if TYPE_CHECKING:
+    from .slabs import SlabPool
 
 __all__ = ["Loopback", "ResultSubscriber"]
 

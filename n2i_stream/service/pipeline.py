@@ -52,7 +52,6 @@ from .assembly import Assembler, TimeStep
 from .queues import StageQueue
 from .scan_config import ScanConfig
 from .sinks import ResultsFileSink, ResultSink, StepResult
-from .slabs import SlabPool, SlabTask
 from .state import StateMachine
 from .steps import find_step_center, reconstruct_step, step_geometry
 from .training import TrainingJob, TrainingOutcome, TrainingProgress, train_config
@@ -60,6 +59,7 @@ from .training import TrainingJob, TrainingOutcome, TrainingProgress, train_conf
 if TYPE_CHECKING:
     from ..core.geometry import ParallelGeometry
     from ..learn import Denoiser
+    from .slabs import SlabPool
 
 __all__ = ["PipelineOptions", "ScanRun"]
 
@@ -406,21 +406,23 @@ class ScanRun:
 
     def _fbp(self, li: np.ndarray, geometry: ParallelGeometry) -> np.ndarray:
         scan = self.scan
-        task = SlabTask(
+        volume = self._on_pool(
             "fbp", li, geometry=geometry, n=scan.size, filter=scan.filter,
             oversample=scan.oversample,
         )  # fmt: skip
-        volume = self._on_pool(task)
         return volume if volume is not None else reconstruct_step(li, geometry, scan)
 
-    def _on_pool(self, task: SlabTask) -> np.ndarray | None:
-        """``task``'s volume from the slab workers; None without a pool, or when it failed (it
-        is then not used again in this scan: a dead worker would stall every step)."""
+    def _on_pool(self, op: str, data: np.ndarray, **task: Any) -> np.ndarray | None:
+        """The volume of slab task ``op`` on ``data`` from the slab workers; None without a pool,
+        or when it failed (it is then not used again in this scan: a dead worker would stall
+        every step)."""
         pool = self._pool
         if pool is None:
             return None
+        from .slabs import SlabTask
+
         try:
-            return pool.run(task)[0]
+            return pool.run(SlabTask(op, data, **task))[0]  # type: ignore[arg-type]
         except N2IError as exc:
             self._pool = None
             self.slab_failures += 1
@@ -549,8 +551,8 @@ class ScanRun:
                 volume = None
                 if checkpoint is not None:
                     volume = self._on_pool(
-                        SlabTask("denoise", item.volume, model=checkpoint,
-                                 context=model.context, keep_low=self.scan.keep_low)
+                        "denoise", item.volume, model=checkpoint, context=model.context,
+                        keep_low=self.scan.keep_low,
                     )  # fmt: skip
                 if volume is None:
                     volume = denoise_volume(
