@@ -179,7 +179,7 @@ class ScanRun:
     ) -> None:
         self.scan = scan
         self._pool = slab_pool
-        self.slab_failures = 0  # steps the pool failed (then computed in this process)
+        self.slab_failures = 0  # times the pool failed (this scan then goes on in process)
         self._skip = frozenset(skip_steps)
         self.options = options
         self.assembler = Assembler(scan.assembly)
@@ -423,7 +423,7 @@ class ScanRun:
 
         try:
             return pool.run(SlabTask(op, data, **task))[0]  # type: ignore[arg-type]
-        except N2IError as exc:
+        except Exception as exc:  # whatever went wrong over there, this process can do it
             self._pool = None
             self.slab_failures += 1
             log.error(
