@@ -1,11 +1,12 @@
-"""One receiving ZMQ socket owned by one thread, woken for shutdown through an inproc pair.
+"""One receiving ZMQ socket owned by one thread, woken through an inproc signal.
 
-ZMQ sockets are not thread-safe, so a socket lives on the thread that polls it. Another thread
-stops that one by sending on a :class:`WakeSignal`: the polling thread sees the signal's socket
-readable and leaves its loop. :class:`ReceiverThread` is the whole pattern for a socket that
-only receives (the frame source, the document listener): open on the thread, report a bind or
-connect failure to :meth:`~ReceiverThread.start`, hand every readable socket to a callback,
-record an exception that ends the thread, close everything on the way out.
+ZMQ sockets are not thread-safe, so a socket lives on the thread that polls it. Other threads
+wake that one by sending on a :class:`WakeSignal` (to stop it, or to have it look at work they
+left for it): the polling thread sees the signal's socket readable. The control server and the
+slab pool's gather thread use the signal alone. :class:`ReceiverThread` is the whole pattern
+for a socket that only receives (the frame source, the document listener): open on the thread,
+report a bind or connect failure to :meth:`~ReceiverThread.start`, hand every readable socket to
+a callback, record an exception that ends the thread, close everything on the way out.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ _ids = itertools.count()
 
 
 class WakeSignal:
-    """An inproc PAIR address: the polling thread binds its end, any other thread sends."""
+    """An inproc PUSH/PULL address: the polling thread binds its PULL end, any number of other
+    threads send (each on a short-lived PUSH, so the signal itself is thread-safe)."""
 
     def __init__(self, context: zmq.Context, name: str) -> None:
         self._ctx = context
@@ -35,7 +37,7 @@ class WakeSignal:
 
     def bind(self) -> zmq.Socket:
         """The polling thread's end (register it with the poller; close it when done)."""
-        sock = self._ctx.socket(zmq.PAIR)
+        sock = self._ctx.socket(zmq.PULL)
         sock.linger = 0
         try:
             sock.bind(self.address)
@@ -45,16 +47,25 @@ class WakeSignal:
         return sock
 
     def send(self) -> None:
-        """Wake the polling thread; nothing happens once its end is closed."""
-        sock = self._ctx.socket(zmq.PAIR)
+        """Wake the polling thread; nothing happens once its end or the context is closed."""
+        try:
+            sock = self._ctx.socket(zmq.PUSH)
+        except zmq.ZMQError:
+            return  # the context is terminated: the thread is gone
         sock.linger = 0
         try:
             sock.connect(self.address)
             sock.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
+        except zmq.ZMQError:
             pass  # the thread already closed its end: it is on its way out
         finally:
             sock.close()
+
+    @staticmethod
+    def clear(sock: zmq.Socket) -> None:
+        """Take every signal waiting on the bound end (for a thread that goes on polling)."""
+        while sock.poll(0):
+            sock.recv()
 
 
 class ReceiverThread:

@@ -83,7 +83,6 @@ existed: → FBP published); ``ingest`` {``frames_per_s``, ``bytes_per_s``}; ``c
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import json
 import logging
 import math
@@ -96,6 +95,7 @@ import zmq
 
 from ..config import from_mapping
 from ..errors import ConfigError, N2IError, ServiceError
+from ..io.zmq_thread import WakeSignal
 from .scan_config import ScanConfig
 
 __all__ = [
@@ -109,7 +109,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_wake_ids = itertools.count()
 MAX_REQUEST_BYTES = 64 << 20  # a scan with an angle table of millions of frames still fits
 
 
@@ -266,7 +265,7 @@ class ControlServer:
         self._handler = handler
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
-        self._wake_addr = f"inproc://n2i-control-wake-{next(_wake_ids)}"
+        self._wake = WakeSignal(self._ctx, "control")
         self._ready = threading.Event()
         self._stopping = False
         self._start_error: BaseException | None = None
@@ -289,7 +288,7 @@ class ControlServer:
         """Stop answering (pending waits are dropped) and join the thread; idempotent."""
         if self._thread.is_alive():
             self._stopping = True
-            self._wake()
+            self._wake.send()
             self._thread.join(timeout)
         if self._own_context:
             self._ctx.term()
@@ -302,32 +301,20 @@ class ControlServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _wake(self) -> None:
-        # Any thread: a short-lived PUSH to the server's inproc PULL wakes its poll.
-        sock = self._ctx.socket(zmq.PUSH)
-        sock.linger = 1000
-        try:
-            sock.connect(self._wake_addr)
-            sock.send(b"", zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the server is gone already: nothing to wake
-        finally:
-            sock.close()
-
     def _run(self) -> None:
         router = self._ctx.socket(zmq.ROUTER)
-        wake = self._ctx.socket(zmq.PULL)
         router.linger = 0
-        wake.linger = 0
+        wake = None
         try:
             router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-            wake.bind(self._wake_addr)
+            wake = self._wake.bind()
             router.bind(self._endpoint_asked)
             self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as exc:
             self._start_error = exc
             router.close()
-            wake.close()
+            if wake is not None:
+                wake.close()
             self._ready.set()
             return
         self._ready.set()
@@ -339,8 +326,7 @@ class ControlServer:
             while not self._stopping:
                 events = dict(poller.poll())
                 if wake in events:
-                    while wake.poll(0):
-                        wake.recv()
+                    WakeSignal.clear(wake)
                 if router in events:
                     while router.poll(0) and not self._stopping:
                         self._answer(router, router.recv_multipart(), pending)
@@ -374,7 +360,7 @@ class ControlServer:
         else:
             reply = self._handler(body[0])
         if isinstance(reply, concurrent.futures.Future):
-            reply.add_done_callback(lambda _: self._wake())
+            reply.add_done_callback(lambda _: self._wake.send())
             pending.append((envelope, reply))
         else:
             router.send_multipart([*envelope, _encode(reply)])

@@ -47,6 +47,7 @@ import zmq
 
 from ..core.geometry import ParallelGeometry
 from ..errors import ConfigError, FrameError, ModelError, ServiceError
+from ..io.zmq_thread import WakeSignal
 
 __all__ = ["SlabPool", "SlabTask", "slab_bounds", "worker_loop"]
 
@@ -248,7 +249,7 @@ class SlabPool:
         self.completed = 0  # tasks whose every slab came back (volumes assembled)
         self._hellos: list[str] = []
         self._ready = threading.Condition(self._lock)
-        self._wake = f"inproc://n2i-slabs-wake-{next(_ids)}"
+        self._wake = WakeSignal(self._ctx, "slabs")
         self._closing = False
         self._processes: list[subprocess.Popen] = []
         self._worker_ctx: zmq.Context | None = None
@@ -316,12 +317,8 @@ class SlabPool:
             self._worker_ctx.term()  # their blocking receives end with ContextTerminated
             for thread in self._worker_threads:
                 thread.join()
-        wake = self._ctx.socket(zmq.PAIR)
-        wake.linger = 0
-        wake.connect(self._wake)
-        wake.send(b"")
+        self._wake.send()
         self._gather.join()
-        wake.close()
         with self._send_lock:
             self._push.close()
         self._ctx.term()
@@ -427,9 +424,7 @@ class SlabPool:
     # -- gathering -------------------------------------------------------------------------------
 
     def _gather_loop(self) -> None:
-        wake = self._ctx.socket(zmq.PAIR)
-        wake.linger = 0
-        wake.bind(self._wake)
+        wake = self._wake.bind()
         poller = zmq.Poller()
         poller.register(self._pull, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
